@@ -1,0 +1,26 @@
+"""Shared fixtures: the shared data folder, and Keras reference models with random weights."""
+import os
+from pathlib import Path
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared'
+
+
+@pytest.fixture(scope='session')
+def shared_dir():
+  """`../shared` beside the project root; tests that need it skip when it is absent."""
+  if not SHARED.is_dir():
+    pytest.skip(f'shared data folder {SHARED} is absent (see README, "Data for tests")')
+  return SHARED
+
+
+@pytest.fixture(scope='session')
+def tflite_path(shared_dir):
+  path = shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite'
+  if not path.is_file():
+    pytest.skip(f'{path} is absent')
+  return path

@@ -1,0 +1,1 @@
+"""tlflax: transfer learning of image classifiers from pretrained ConvNets, in JAX/Flax."""

@@ -1,0 +1,107 @@
+"""MobileNetV2 in Flax, layer for layer the same as `keras.applications.MobileNetV2`.
+
+Variables are keyed by Keras layer names (`params['Conv1']['kernel']`,
+`batch_stats['bn_Conv1']['mean']`, ...), and the module is built by walking the Keras layer table, so
+Keras layer indices (as in "fine-tune from layer 100") mean the same here.
+"""
+from typing import Optional
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from tlflax.models import layer_table
+from tlflax.models.depthwise import DepthwiseConv2D
+
+# Keras's MobileNetV2 BatchNormalization settings.
+BATCH_NORM_EPSILON = 1e-3
+BATCH_NORM_MOMENTUM = 0.999
+MIN_INPUT_SIZE = 32
+
+
+def correct_pad(size: tuple[int, int], kernel_size: int):
+  """Keras `imagenet_utils.correct_pad`: zero padding before a stride-2 'valid' convolution."""
+  half = kernel_size // 2
+  return tuple((half - (1 - s % 2), half) for s in size)
+
+
+class MobileNetV2(nn.Module):
+  """`keras.applications.MobileNetV2` in Flax.
+
+  Attributes:
+    alpha: width multiplier (Keras publishes weights for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+    include_top: end with global average pooling and the `predictions` classifier.
+    pooling: without the top, None (the feature map), 'avg' or 'max'.
+    classes: classifier width when `include_top`.
+    classifier_activation: 'softmax' (as Keras) or None for logits.
+    depthwise_implementation: 'auto', 'grouped' or 'shifted' (see `tlflax.models.depthwise`).
+    dtype: computation dtype; parameters stay float32.
+  """
+  alpha: float = 1.0
+  include_top: bool = True
+  pooling: Optional[str] = None
+  classes: int = 1000
+  classifier_activation: Optional[str] = 'softmax'
+  depthwise_implementation: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def layers(self) -> tuple[layer_table.Layer, ...]:
+    """The Keras layer table this module follows."""
+    return layer_table.mobilenet_v2_layers(self.alpha, self.include_top, self.pooling, self.classes)
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    """Runs the network on NHWC `images` scaled to [-1, 1].
+
+    `train` is Keras's `training` argument for BatchNorm: False (the default, and what transfer
+    learning wants) normalizes with the moving statistics; True uses batch statistics and updates
+    the `batch_stats` collection, which must then be mutable.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected images of shape (batch, height, width, 3), got {images.shape}')
+    if min(images.shape[1:3]) < MIN_INPUT_SIZE:
+      raise ValueError(f'MobileNetV2 needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, '
+                       f'got {images.shape[1]}x{images.shape[2]}')
+    if self.classifier_activation not in (None, 'softmax'):
+      raise ValueError("classifier_activation must be 'softmax' or None, "
+                       f'got {self.classifier_activation!r}')
+    outputs = {}
+    x = images.astype(self.dtype)
+    for layer in self.layers:
+      x = self._apply_layer(layer, x, outputs, train)
+      outputs[layer.name] = x
+    return x
+
+  def _apply_layer(self, layer, x, outputs, train):
+    kind = layer.kind
+    if kind == 'input':
+      return x
+    if kind == 'conv':
+      return nn.Conv(layer.features, (layer.kernel_size,) * 2, strides=layer.strides,
+                     padding='SAME', use_bias=False, dtype=self.dtype,
+                     kernel_init=nn.initializers.glorot_uniform(), name=layer.name)(x)
+    if kind == 'batch_norm':
+      return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                          epsilon=BATCH_NORM_EPSILON, dtype=self.dtype, name=layer.name)(x)
+    if kind == 'relu6':
+      return jnp.clip(x, 0, 6)
+    if kind == 'pad':
+      pads = correct_pad(x.shape[1:3], layer.kernel_size)
+      return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    if kind == 'depthwise':
+      return DepthwiseConv2D(layer.kernel_size, layer.strides,
+                             padding='SAME' if layer.strides == 1 else 'VALID',
+                             implementation=self.depthwise_implementation, dtype=self.dtype,
+                             name=layer.name)(x)
+    if kind == 'add':
+      return outputs[layer.residual] + x
+    if kind == 'avg_pool':
+      return jnp.mean(x, axis=(1, 2))
+    if kind == 'max_pool':
+      return jnp.max(x, axis=(1, 2))
+    if kind == 'dense':
+      logits = nn.Dense(layer.features, dtype=self.dtype, name=layer.name)(x)
+      if self.classifier_activation == 'softmax':
+        return nn.softmax(logits.astype(jnp.float32))
+      return logits
+    raise NotImplementedError(f'layer kind {kind!r} of {layer.name}')
