@@ -13,6 +13,7 @@ def random_keras_model(alpha: float, include_top: bool, size: int, seed: int = 0
   mode with momentum 0), as in a trained network.
   """
   import keras
+  keras.utils.set_random_seed(seed)  # the same network whichever tests ran before
   model = keras.applications.MobileNetV2(
       input_shape=(size, size, 3), alpha=alpha, include_top=include_top, weights=None,
       classifier_activation=classifier_activation)

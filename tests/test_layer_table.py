@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tlflax.models import MobileNetV2, mobilenet_v2_layers, trainable_mask
+from tlflax.models import MobileNetV2, mobilenet_v2_layers, trainable_mask, variable_shapes
 
 AUTO_NAMED = re.compile(r'^(input_layer|global_average_pooling2d|global_max_pooling2d)(_\d+)?$')
 
@@ -63,3 +63,11 @@ def test_trainable_mask_rejects_unknown_layers_and_indices():
 def test_bad_architecture_settings_fail_clearly(bad):
   with pytest.raises(ValueError):
     mobilenet_v2_layers(**bad)
+
+
+@pytest.mark.parametrize('alpha,include_top,pooling', [
+    (1.0, False, None), (1.0, True, None), (0.35, True, None), (1.4, False, 'avg')])
+def test_variable_shapes_equal_the_traced_module(alpha, include_top, pooling):
+  model = MobileNetV2(alpha=alpha, include_top=include_top, pooling=pooling)
+  traced = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
+  assert variable_shapes(alpha, include_top, pooling) == traced

@@ -77,7 +77,8 @@ def test_batch_norm_training_mode_matches_keras(tmp_path):
   model = MobileNetV2(alpha=0.35, include_top=False)
   actual, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
       variables, images)
-  np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-4, rtol=0)
+  # Batch statistics are reduced in a different order on each side: looser than inference.
+  np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-3, rtol=0)
   for layer in model.layers:  # the moving statistics moved as Keras's did
     if layer.kind == 'batch_norm':
       stats = updates['batch_stats'][layer.name]
@@ -109,6 +110,6 @@ def test_port_is_exact_in_float64(tmp_path):
   with jax.enable_x64(True):
     variables = load_pretrained(str(path), include_top=True, input_size=96)
     model = MobileNetV2(classifier_activation=None, dtype=jnp.float64)
-    actual = np.asarray(model.apply(variables, images))
+    actual = np.asarray(jax.jit(model.apply)(variables, images))
   assert actual.dtype == np.float64
   np.testing.assert_allclose(actual, expected, atol=1e-9, rtol=0)

@@ -6,6 +6,7 @@ Keras layer indices (as in "fine-tune from layer 100") mean the same here.
 """
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -105,3 +106,29 @@ class MobileNetV2(nn.Module):
         return nn.softmax(logits.astype(jnp.float32))
       return logits
     raise NotImplementedError(f'layer kind {kind!r} of {layer.name}')
+
+
+def variable_shapes(alpha: float = 1.0, include_top: bool = True, pooling: Optional[str] = None,
+                    classes: int = 1000) -> dict:
+  """`jax.eval_shape(MobileNetV2(...).init, ...)` without tracing: shapes from the layer table."""
+  params, batch_stats = {}, {}
+  channels = 3
+
+  def struct(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  for layer in layer_table.mobilenet_v2_layers(alpha, include_top, pooling, classes):
+    k = layer.kernel_size
+    if layer.kind == 'conv':
+      params[layer.name] = {'kernel': struct(k, k, channels, layer.features)}
+      channels = layer.features
+    elif layer.kind == 'depthwise':
+      params[layer.name] = {'kernel': struct(k, k, 1, channels)}
+    elif layer.kind == 'batch_norm':
+      params[layer.name] = {'scale': struct(channels), 'bias': struct(channels)}
+      batch_stats[layer.name] = {'mean': struct(channels), 'var': struct(channels)}
+    elif layer.kind == 'dense':
+      params[layer.name] = {'kernel': struct(channels, layer.features),
+                            'bias': struct(layer.features)}
+      channels = layer.features
+  return {'params': params, 'batch_stats': batch_stats}

@@ -7,14 +7,10 @@
 `source` is 'imagenet' (the Keras-applications download, cached in `~/.keras/models`) or a path to a
 `.h5`, `.weights.h5`, `.tflite` or `.msgpack` (ported by `python -m tlflax.weights`) file.
 """
-import functools
 from pathlib import Path
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
-
-from tlflax.models import MobileNetV2
+from tlflax.models import variable_shapes
 from tlflax.weights.convert import WeightsError, check_variables, to_flax_variables
 from tlflax.weights.download import (DownloadError, KERAS_BASE_URL, fetch,
                                      keras_weights_filename, sha256_of)
@@ -25,11 +21,9 @@ from tlflax.weights.tflite import read_tflite
 TOP_LAYERS = ('predictions',)
 
 
-@functools.lru_cache(maxsize=None)
-def expected_variables(alpha: float, include_top: bool, classes: int = 1000):
-  """Shapes and dtypes of MobileNetV2's variables (they do not depend on the input size)."""
-  model = MobileNetV2(alpha=alpha, include_top=include_top, classes=classes)
-  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+def read_keras_h5(path) -> dict:
+  """Reads a Keras `.h5` or `.weights.h5` file into Flax variables."""
+  return to_flax_variables(read_h5(str(path)), str(path))
 
 
 def read_weights_file(path, alpha: float = 1.0) -> dict:
@@ -41,7 +35,7 @@ def read_weights_file(path, alpha: float = 1.0) -> dict:
   if name.endswith(NATIVE_SUFFIX):
     return load_variables(path)[0]
   if name.endswith(('.h5', '.hdf5')):
-    return to_flax_variables(read_h5(str(path)), str(path))
+    return read_keras_h5(path)
   if name.endswith('.tflite'):
     return to_flax_variables(read_tflite(str(path), alpha), str(path))
   raise WeightsError(f'{path}: unknown weights format; expected .h5, .weights.h5, .tflite or '
@@ -56,7 +50,7 @@ def load_pretrained(source: str = 'imagenet', *, alpha: float = 1.0, include_top
   Every expected variable must be present with the expected shape; a file with a classifier may
   be loaded without it (`include_top=False`). Raises `WeightsError` or `DownloadError` otherwise.
   """
-  expected = expected_variables(alpha, include_top)
+  expected = variable_shapes(alpha, include_top)
   dont_load = () if include_top else TOP_LAYERS
 
   def fitted(variables, origin):
@@ -67,7 +61,7 @@ def load_pretrained(source: str = 'imagenet', *, alpha: float = 1.0, include_top
     validated = {}
 
     def validate(path):  # fetch calls this on the cached or freshly downloaded file
-      validated['variables'] = fitted(read_weights_file(path), str(path))
+      validated['variables'] = fitted(read_keras_h5(path), str(path))
 
     fetch(base_url + filename, filename, cache_dir, sha256, validate=validate)
     return validated['variables']
@@ -77,5 +71,5 @@ def load_pretrained(source: str = 'imagenet', *, alpha: float = 1.0, include_top
   return fitted(read_weights_file(path, alpha), str(path))
 
 
-__all__ = ['DownloadError', 'WeightsError', 'expected_variables', 'load_pretrained',
+__all__ = ['DownloadError', 'WeightsError', 'load_pretrained',
            'read_weights_file', 'save_variables']

@@ -76,7 +76,8 @@ def check_variables(loaded: Mapping, expected: Mapping, source: str,
   for label, keys in (('missing', missing), ('unexpected', unexpected),
                       ('wrong shape', mismatched)):
     if keys:
-      problems.append(f'{label}: ' + ', '.join(keys[:8]) + (' ...' if len(keys) > 8 else ''))
+      problems.append(f'{label} ({len(keys)}): ' + ', '.join(keys[:8])
+                      + (' ...' if len(keys) > 8 else ''))
   if problems:
     raise WeightsError(f'{source} does not fit the model: ' + '; '.join(problems))
   return {collection: {name: loaded[collection][name] for name in layers

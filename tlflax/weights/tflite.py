@@ -30,11 +30,10 @@ class _Graph:
   def __init__(self, path: str):
     with open(path, 'rb') as f:
       self.buffer = f.read()
-    try:
-      self.model = tflite.Model.GetRootAsModel(self.buffer, 0)
-      self.graph = self.model.Subgraphs(0)
-    except Exception as e:  # the flatbuffer library raises assorted errors on garbage
-      raise WeightsError(f'{path} is not a TFLite flatbuffer: {e}') from e
+    if self.buffer[4:8] != b'TFL3':  # the TFLite flatbuffer file identifier
+      raise WeightsError(f'{path} is not a TFLite flatbuffer (no TFL3 identifier)')
+    self.model = tflite.Model.GetRootAsModel(self.buffer, 0)
+    self.graph = self.model.Subgraphs(0)
     self.path = path
     self.ops = []  # (op name, input tensor indices, output tensor indices), in execution order
     for i in range(self.graph.OperatorsLength()):

@@ -1,0 +1,89 @@
+"""Ported-params files, the conversion command, and clear errors for files that do not fit."""
+import jax
+import numpy as np
+import pytest
+
+from keras_reference import random_keras_model, write_published_h5
+from tlflax.weights import WeightsError, load_pretrained, read_weights_file, save_variables
+from tlflax.weights.__main__ import main as convert_main
+from tlflax.weights.native import load_variables
+
+
+@pytest.fixture(scope='module')
+def published_035(tmp_path_factory):
+  path = tmp_path_factory.mktemp('h5') / 'alpha035.h5'
+  write_published_h5(path, random_keras_model(0.35, True, 96))
+  return path
+
+
+def assert_same_variables(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_native_round_trip_keeps_variables_and_metadata(tmp_path, published_035):
+  variables = load_pretrained(str(published_035), alpha=0.35, include_top=True)
+  path = save_variables(tmp_path / 'ported.msgpack', variables, alpha=0.35, source='test')
+  restored, metadata = load_variables(path)
+  assert metadata == {'alpha': 0.35, 'source': 'test'}
+  assert_same_variables(restored, variables)
+  assert_same_variables(load_pretrained(str(path), alpha=0.35, include_top=True), variables)
+
+
+def test_convert_command_ports_tflite(tmp_path, tflite_path, capsys):
+  output = tmp_path / 'imagenet_no_top.msgpack'
+  assert convert_main([str(tflite_path), str(output)]) == 0
+  assert '2,223,872 parameters' in capsys.readouterr().out
+  assert_same_variables(load_pretrained(str(output)), load_pretrained(str(tflite_path)))
+
+
+def test_convert_command_reports_errors_without_traceback(tmp_path, capsys):
+  assert convert_main([str(tmp_path / 'missing.h5'), str(tmp_path / 'out.msgpack')]) == 1
+  assert 'missing.h5 does not exist' in capsys.readouterr().err
+  assert convert_main(['imagenet', str(tmp_path / 'out.npz')]) == 2
+  assert not (tmp_path / 'out.msgpack').exists()
+
+
+def test_top_is_dropped_on_request_but_never_invented(published_035):
+  without_top = load_pretrained(str(published_035), alpha=0.35, include_top=False)
+  assert 'predictions' not in without_top['params']
+
+
+def test_file_without_top_cannot_give_a_classifier(tmp_path):
+  path = tmp_path / 'no_top.h5'
+  write_published_h5(path, random_keras_model(0.35, False, 96))
+  with pytest.raises(WeightsError, match=r'missing \(2\): params/predictions/bias, params/predictions/kernel'):
+    load_pretrained(str(path), alpha=0.35, include_top=True)
+
+
+def test_wrong_alpha_lists_mis_shaped_variables(published_035):
+  with pytest.raises(WeightsError, match=r'wrong shape \(\d+\): .*\(144,\) \(expected \(384,\)\)'):
+    load_pretrained(str(published_035), alpha=1.0)
+
+
+@pytest.mark.parametrize('name,content,message', [
+    ('garbage.h5', b'not hdf5', 'not a readable HDF5'),
+    ('garbage.tflite', b'\x00' * 64, 'not a TFLite flatbuffer'),
+    ('garbage.msgpack', b'\xc1junk', 'not a tlflax ported-weights file'),
+    ('weights.npz', b'', 'unknown weights format')])
+def test_unreadable_files_fail_naming_the_file(tmp_path, name, content, message):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(WeightsError, match=message) as error:
+    read_weights_file(path)
+  assert name in str(error.value)
+
+
+def test_hdf5_that_is_not_keras_fails_clearly(tmp_path):
+  import h5py
+  path = tmp_path / 'other.h5'
+  with h5py.File(path, 'w') as f:
+    f.create_dataset('x', data=np.zeros(3))
+  with pytest.raises(WeightsError, match='not a Keras weights file'):
+    read_weights_file(path)
+
+
+def test_sha256_of_a_local_file_is_checked(published_035):
+  with pytest.raises(WeightsError, match='sha256'):
+    load_pretrained(str(published_035), alpha=0.35, sha256='f' * 64)

@@ -1,0 +1,52 @@
+"""Port MobileNetV2 weights into tlflax's own format.
+
+    python -m tlflax.weights SOURCE OUTPUT.msgpack [--alpha 1.0] [--include_top] [--input_size 224]
+
+SOURCE is 'imagenet' (the Keras download) or a `.h5`, `.weights.h5`, `.tflite` or `.msgpack` file.
+"""
+import argparse
+import sys
+import time
+
+import jax
+import numpy as np
+
+from tlflax.weights import DownloadError, WeightsError, load_pretrained, save_variables
+from tlflax.weights.native import NATIVE_SUFFIX
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog='python -m tlflax.weights', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('source', help="'imagenet' or a .h5, .weights.h5, .tflite, .msgpack file")
+  parser.add_argument('output', help=f'where to write the ported variables ({NATIVE_SUFFIX})')
+  parser.add_argument('--alpha', type=float, default=1.0, help='width multiplier')
+  parser.add_argument('--include_top', action='store_true', help='keep the 1000-way classifier')
+  parser.add_argument('--input_size', type=int, default=224,
+                      help="selects the Keras file for 'imagenet' (96, 128, 160, 192, 224)")
+  parser.add_argument('--sha256', help='expected sha256 of the source file')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if not args.output.endswith(NATIVE_SUFFIX):
+    print(f'error: OUTPUT must end in {NATIVE_SUFFIX}', file=sys.stderr)
+    return 2
+  start = time.perf_counter()
+  try:
+    variables = load_pretrained(args.source, alpha=args.alpha, include_top=args.include_top,
+                                input_size=args.input_size, sha256=args.sha256)
+  except (WeightsError, DownloadError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  save_variables(args.output, variables, alpha=args.alpha, include_top=args.include_top,
+                 source=str(args.source))
+  count = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(variables['params']))
+  print(f'{args.output}: {count:,} parameters from {args.source} '
+        f'in {time.perf_counter() - start:.1f}s')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
