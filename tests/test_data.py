@@ -1,0 +1,254 @@
+"""Input pipelines: TFDS splits, image folders with bad files, Keras-equal transforms, batching."""
+import logging
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from tlflax.data import transforms
+from tlflax.data.folders import DataError, scan_image_folder
+from tlflax.data.pipeline import PipelineConfig, eval_dataset, global_batch, train_dataset
+from tlflax.data.sources import SPLIT_SCHEMES, folder_splits, tfds_splits
+
+FAKE_TFDS_SIZE = 1000
+
+
+def fake_as_dataset(self, split, decoders=None, **kwargs):
+  """A stand-in for `cats_vs_dogs`'s `as_dataset` that honours TFDS split slicing."""
+  info = {'train': tfds.core.SplitInfo(name='train', shard_lengths=[FAKE_TFDS_SIZE], num_bytes=0)}
+  (absolute,) = tfds.core.ReadInstruction.from_spec(split).to_absolute(info)
+  start = absolute.from_ or 0
+  stop = FAKE_TFDS_SIZE if absolute.to is None else absolute.to
+  jpeg = tf.io.encode_jpeg(tf.fill((12, 9, 3), tf.constant(200, tf.uint8)))
+  examples = tf.data.Dataset.from_tensor_slices({'label': np.arange(start, stop) % 2})
+  return examples.map(lambda x: {'image': jpeg, 'label': x['label']}).apply(
+      tf.data.experimental.assert_cardinality(stop - start))
+
+
+@pytest.mark.parametrize('scheme,sizes', [('original', (800, 100, 100)),
+                                          ('later', (800, 160, 40))])
+def test_tfds_split_sizes_follow_the_percentages(scheme, sizes):
+  with tfds.testing.mock_data(as_dataset_fn=fake_as_dataset):
+    splits = tfds_splits('cats_vs_dogs', scheme)
+    assert tuple(splits[s].num_examples for s in ('train', 'validation', 'test')) == sizes
+    assert splits['train'].class_names == ('cat', 'dog')
+    batch = next(train_dataset(splits['train'], PipelineConfig(batch_size=8), 0)
+                 .as_numpy_iterator())
+  assert batch['image'].shape == (8, 160, 160, 3) and batch['label'].dtype == np.int32
+
+
+def test_tfds_runs_on_random_mock_data():
+  with tfds.testing.mock_data(num_examples=10):
+    splits = tfds_splits('cats_vs_dogs', 'original')
+    batches = list(eval_dataset(splits['test'], PipelineConfig(batch_size=4)).as_numpy_iterator())
+  assert sum(int(b['mask'].sum()) for b in batches) == splits['test'].num_examples == 10
+
+
+def test_unknown_split_scheme_is_refused():
+  with pytest.raises(DataError, match='split_scheme'):
+    tfds_splits('cats_vs_dogs', 'random')
+  assert set(SPLIT_SCHEMES) == {'original', 'later'}
+
+
+def save(path, mode='RGB', size=(40, 30), fmt=None, color=(200, 50, 25)):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = Image.new('RGB', size, color).convert(mode)
+  image.save(path, format=fmt)
+  return path
+
+
+def make_folder(root, per_class=6, splits=('train', 'validation', 'test')):
+  for split in splits:
+    for name, color in (('cat', (250, 0, 0)), ('dog', (0, 0, 250))):
+      for i in range(per_class):
+        save(root / split / name / f'{name}.{i}.jpg', color=color)
+  return root
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+  """Every kind of file an image folder collects, good and bad, in train/cat."""
+  root = make_folder(tmp_path / 'messy', per_class=3)
+  cat = root / 'train' / 'cat'
+  save(cat / 'grey.jpg', 'L')
+  save(cat / 'rgba.png', 'RGBA')
+  save(cat / 'cmyk.jpg', 'CMYK')
+  save(cat / 'anim.gif', 'P')
+  save(cat / 'bitmap.bmp')
+  save(cat / 'tiny.jpg', size=(1, 1))
+  save(cat / 'upper.JPEG')
+  good = cat / 'cat.0.jpg'
+  (cat / 'truncated.jpg').write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+  (cat / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff' + b'\x00' * 200)
+  (cat / 'notes.txt').write_text('not an image')
+  (cat / 'Thumbs.db').write_bytes(b'\x00' * 10)
+  (cat / '.DS_Store').write_bytes(b'\x00' * 10)
+  (cat / 'nested').mkdir()
+  save(cat / 'nested' / 'ignored.jpg')
+  return root
+
+
+def test_bad_files_are_skipped_with_counted_warnings(messy_folder, caplog):
+  with caplog.at_level(logging.WARNING):
+    files, class_names = scan_image_folder(messy_folder)
+  assert class_names == ('cat', 'dog')
+  train = files['train']
+  names = sorted(p.rsplit('/', 1)[-1] for p, label in zip(train.paths, train.labels) if label == 0)
+  assert names == sorted(['cat.0.jpg', 'cat.1.jpg', 'cat.2.jpg', 'grey.jpg', 'rgba.png', 'cmyk.jpg',
+                          'anim.gif', 'bitmap.bmp', 'tiny.jpg', 'upper.JPEG'])
+  assert all('/dog/' in p for p, label in zip(train.paths, train.labels) if label == 1)
+  assert 'skipped 2 files that are not images' in caplog.text
+  assert 'skipped 2 images that do not decode' in caplog.text and 'truncated.jpg' in caplog.text
+
+
+def test_every_accepted_file_decodes_to_rgb_batches(messy_folder):
+  splits = folder_splits(messy_folder)
+  config = PipelineConfig(batch_size=4, image_size=32)
+  for split, source in splits.items():
+    batches = list(eval_dataset(source, config).as_numpy_iterator())
+    assert sum(int(b['mask'].sum()) for b in batches) == source.num_examples
+    for b in batches:
+      assert b['image'].shape == (4, 32, 32, 3) and np.all(np.abs(b['image']) <= 1)
+  assert splits['train'].num_examples == 13  # 10 usable cats, 3 dogs
+  assert len(list(train_dataset(splits['train'], config, 0).as_numpy_iterator())) == 13 // 4
+
+
+def wrong_root(root):
+  return root / 'nowhere'
+
+
+def no_train_folder(root):
+  (root / 'train').rename(root / 'training')
+  return root
+
+
+def empty_train_class(root):
+  for path in (root / 'train' / 'dog').iterdir():
+    path.unlink()
+  return root
+
+
+def unreadable_train_class(root):
+  for path in (root / 'train' / 'dog').iterdir():
+    path.write_bytes(b'junk')
+  return root
+
+
+def renamed_validation_class(root):
+  (root / 'validation' / 'dog').rename(root / 'validation' / 'dogs')
+  return root
+
+
+def single_class(root):
+  __import__('shutil').rmtree(root / 'train' / 'dog')
+  return root
+
+
+@pytest.mark.parametrize('breakage,message', [
+    (wrong_root, 'does not exist'),
+    (no_train_folder, 'no train/ folder'),
+    (empty_train_class, 'train/dog has no usable images'),
+    (unreadable_train_class, 'train/dog has no usable images'),
+    (renamed_validation_class, 'validation has class folders'),
+    (single_class, 'at least two class folders')])
+def test_unusable_folders_stop_before_training_naming_the_path(tmp_path, breakage, message):
+  root = breakage(make_folder(tmp_path / 'data', per_class=2))
+  with pytest.raises(DataError, match=message) as error:
+    folder_splits(root)
+  assert str(tmp_path) in str(error.value)
+
+
+def test_empty_evaluation_class_is_a_warning(tmp_path, caplog):
+  root = make_folder(tmp_path / 'data', per_class=2)
+  for p in (root / 'test' / 'dog').iterdir():
+    p.unlink()
+  with caplog.at_level(logging.WARNING):
+    files, _ = scan_image_folder(root)
+  assert files['test'].labels == (0, 0)
+  assert 'test/dog has no usable images' in caplog.text
+
+
+def test_train_only_folder_is_split_deterministically_by_seed(tmp_path):
+  root = make_folder(tmp_path / 'data', per_class=20, splits=('train',))
+  first, _ = scan_image_folder(root, seed=1)
+  again, _ = scan_image_folder(root, seed=1)
+  other, _ = scan_image_folder(root, seed=2)
+  assert first == again and first['validation'] != other['validation']
+  sizes = {s: len(f.paths) for s, f in first.items()}
+  assert sizes == {'train': 32, 'validation': 4, 'test': 4}
+  assert all(f.labels.count(0) == f.labels.count(1) for f in first.values())  # stratified
+  every = [p for f in first.values() for p in f.paths]
+  assert len(set(every)) == len(every) == 40
+
+
+def test_shared_mini_set_counts(shared_dir):
+  splits = folder_splits(shared_dir / 'data' / 'cats_vs_dogs_mini')
+  counts = {s: (src.num_examples, src.class_names) for s, src in splits.items()}
+  assert counts == {'train': (1600, ('cat', 'dog')), 'validation': (320, ('cat', 'dog')),
+                    'test': (80, ('cat', 'dog'))}
+  labels = np.concatenate([b['label'] for b in
+                           eval_dataset(splits['test'], PipelineConfig()).as_numpy_iterator()])
+  assert np.bincount(labels[:80]).tolist() == [40, 40]
+
+
+def test_preprocessing_equals_keras(tmp_path):
+  import keras
+  path = save(tmp_path / 'photo.jpg', size=(123, 77))
+  image = np.asarray(Image.open(path), np.uint8)
+  ours = transforms.scale_to_unit_range(transforms.resize(image, 160)).numpy()
+  resized = keras.layers.Resizing(160, 160, interpolation='bilinear')(image.astype(np.float32))
+  theirs = keras.applications.mobilenet_v2.preprocess_input(np.array(resized))
+  np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+  assert ours.min() >= -1 and ours.max() <= 1
+
+
+@pytest.mark.parametrize('factor', [0.2, -0.13, 0.05])
+def test_rotation_equals_keras_random_rotation(factor):
+  import keras
+  image = np.random.default_rng(0).uniform(0, 255, (50, 64, 3)).astype(np.float32)
+  layer = keras.layers.RandomRotation((factor, factor), fill_mode='reflect')  # a fixed angle
+  theirs = np.asarray(layer(image, training=True))
+  ours = transforms.rotate(tf.constant(image), tf.constant(factor * 2 * np.pi)).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-3, rtol=0)
+  assert np.abs(ours - image).mean() > 1  # it did rotate
+
+
+def test_augmentation_is_deterministic_per_seed_and_epoch(tmp_path):
+  source = folder_splits(make_folder(tmp_path / 'data', per_class=8, splits=('train',)))['train']
+  def epoch(seed, number, **kwargs):
+    config = PipelineConfig(batch_size=4, image_size=32, seed=seed, **kwargs)
+    return np.concatenate([b['image'] for b in train_dataset(source, config, number)
+                           .as_numpy_iterator()])
+  np.testing.assert_array_equal(epoch(0, 3), epoch(0, 3))
+  assert not np.array_equal(epoch(0, 3), epoch(0, 4))
+  assert not np.array_equal(epoch(0, 3), epoch(1, 3))
+  plain = epoch(0, 3, flip=False, rotation_factor=0.0)
+  # without augmentation, images are the unaugmented preprocessing of solid colours
+  assert np.allclose(plain, plain[:, :1, :1, :], atol=1e-5)
+
+
+def test_evaluation_counts_every_example_once_with_padding(tmp_path):
+  root = make_folder(tmp_path / 'data', per_class=2)
+  for i in range(17):  # 19 dogs in test: 21 examples in all, batches of 8
+    save(root / 'test' / 'dog' / f'extra.{i}.png', color=(i, 2 * i, 3 * i))
+  source = folder_splits(root)['test']
+  batches = list(eval_dataset(source, PipelineConfig(batch_size=8, image_size=8))
+                 .as_numpy_iterator())
+  assert len(batches) == 3
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 21 and not mask[21:].any()
+  images = np.concatenate([b['image'] for b in batches])[mask]
+  assert len({img.tobytes() for img in images}) == 19  # the 17 distinct + one per class colour
+
+
+def test_global_batch_is_laid_out_over_the_mesh():
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  batch = {'image': np.zeros((8, 4, 4, 3), np.float32), 'label': np.arange(8, dtype=np.int32)}
+  arrays = global_batch(batch, sharding)
+  assert arrays['image'].shape == (8 * jax.process_count(), 4, 4, 3)
+  assert arrays['label'].sharding == sharding
+  np.testing.assert_array_equal(np.asarray(arrays['label']), batch['label'])

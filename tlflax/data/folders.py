@@ -1,0 +1,126 @@
+"""A local image folder in ImageFolder layout: `root/{train,validation[,test]}/{class}/*.jpg`.
+
+Classes are the sub-folders of `train/` in sorted order (label i = i-th name). Before any training,
+every file is checked: files that are not images by extension and images that do not decode are
+skipped with a counted warning; a wrong root, a missing `train/`, a class folder missing from a split
+or an empty training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and BMP
+images decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
+validation and test take `holdout` fractions of it; with no `test/`, it takes `test_fraction` of
+`validation/` (as the tutorial carves its test batches out of the validation set).
+"""
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tlflax.data.transforms import decode_rgb
+
+SPLITS = ('train', 'validation', 'test')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+
+
+class DataError(ValueError):
+  """Input data that cannot be used, found before training starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledFiles:
+  """One split of a folder: image paths and their integer labels."""
+  paths: tuple[str, ...]
+  labels: tuple[int, ...]
+
+  def subset(self, indices) -> 'LabelledFiles':
+    return LabelledFiles(tuple(self.paths[i] for i in indices),
+                         tuple(self.labels[i] for i in indices))
+
+
+def _visible_entries(folder: Path):
+  return sorted((e for e in os.scandir(folder) if not e.name.startswith('.')), key=lambda e: e.name)
+
+
+def decodable(paths) -> np.ndarray:
+  """For each path, whether it reads and decodes as an image (checked in parallel with tf.data)."""
+  ok = np.zeros(len(paths), bool)
+  if not paths:
+    return ok
+  checks = (tf.data.Dataset.from_tensor_slices(list(paths)).enumerate()
+            .map(lambda i, p: (i, tf.shape(decode_rgb(tf.io.read_file(p)))),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .ignore_errors())
+  for index, _ in checks.as_numpy_iterator():
+    ok[index] = True
+  return ok
+
+
+def _scan_split(folder: Path, class_names) -> LabelledFiles:
+  """Lists a split's images, skipping (with a counted warning) what is not a readable image."""
+  present = sorted(e.name for e in _visible_entries(folder) if e.is_dir())
+  if present != list(class_names):
+    raise DataError(f'{folder} has class folders {present}, but train/ has {list(class_names)}')
+  candidates, labels, not_images = [], [], []
+  for label, name in enumerate(class_names):
+    for entry in _visible_entries(folder / name):
+      if not entry.is_file():
+        continue
+      if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+        candidates.append(entry.path)
+        labels.append(label)
+      else:
+        not_images.append(entry.path)
+  ok = decodable(candidates)
+  unreadable = [p for p, good in zip(candidates, ok) if not good]
+  for kind, skipped in (('files that are not images', not_images),
+                        ('images that do not decode', unreadable)):
+    if skipped:
+      logging.warning('%s: skipped %d %s, e.g. %s', folder, len(skipped), kind, skipped[:3])
+  files = LabelledFiles(tuple(p for p, good in zip(candidates, ok) if good),
+                        tuple(l for l, good in zip(labels, ok) if good))
+  for label, name in enumerate(class_names):
+    if label not in files.labels:
+      logging.warning('%s has no usable images', folder / name)
+  return files
+
+
+def _stratified_split(files: LabelledFiles, fractions, seed: int) -> list[LabelledFiles]:
+  """Splits `files` per class into consecutive parts of the given fractions, shuffled by `seed`."""
+  rng = np.random.default_rng(seed)
+  parts = [[] for _ in fractions]
+  labels = np.asarray(files.labels)
+  for label in np.unique(labels):
+    indices = rng.permutation(np.flatnonzero(labels == label))
+    bounds = np.round(np.cumsum(fractions) / np.sum(fractions) * len(indices)).astype(int)
+    for part, chunk in zip(parts, np.split(indices, bounds[:-1])):
+      part.extend(chunk.tolist())
+  return [files.subset(sorted(part)) for part in parts]
+
+
+def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: float = 0.2):
+  """Returns ({split: LabelledFiles} for train, validation and test, class names)."""
+  root = Path(root).expanduser()
+  if not root.is_dir():
+    raise DataError(f'image folder {root} does not exist or is not a folder')
+  if not (root / 'train').is_dir():
+    raise DataError(f'{root} has no train/ folder; expected {root}/train/<class>/<image> '
+                    '(and optionally validation/ and test/)')
+  class_names = tuple(e.name for e in _visible_entries(root / 'train') if e.is_dir())
+  if len(class_names) < 2:
+    raise DataError(f'{root / "train"} needs at least two class folders, found {class_names}')
+  splits = {s: _scan_split(root / s, class_names) for s in SPLITS if (root / s).is_dir()}
+  for label, name in enumerate(class_names):
+    if label not in splits['train'].labels:
+      raise DataError(f'{root / "train" / name} has no usable images')
+  if 'validation' not in splits:
+    validation_fraction, test_fraction_of_train = holdout
+    if 'test' in splits:
+      splits['train'], splits['validation'] = _stratified_split(
+          splits['train'], (1 - validation_fraction, validation_fraction), seed)
+    else:
+      splits['train'], splits['validation'], splits['test'] = _stratified_split(
+          splits['train'], (1 - sum(holdout), validation_fraction, test_fraction_of_train), seed)
+  if 'test' not in splits:
+    splits['validation'], splits['test'] = _stratified_split(
+        splits['validation'], (1 - test_fraction, test_fraction), seed)
+  return splits, class_names

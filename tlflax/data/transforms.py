@@ -1,0 +1,53 @@
+"""Per-example image transforms in TensorFlow: the tutorial's preprocessing and augmentation.
+
+Augmentation is stateless: every random choice comes from an explicit `seed` (a shape-[2] int tensor),
+so an epoch's augmented images depend only on the run's seed, the epoch and the example's position.
+"""
+import math
+
+import tensorflow as tf
+
+
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+  """Decodes JPEG/PNG/GIF/BMP bytes to uint8 (H, W, 3); grey, RGBA and CMYK become RGB."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """float32 bilinear resize to (size, size), as `image_dataset_from_directory` and the tutorial."""
+  return tf.image.resize(tf.cast(image, tf.float32), (size, size), method='bilinear')
+
+
+def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
+  """[0, 255] -> [-1, 1]: `keras.applications.mobilenet_v2.preprocess_input`."""
+  return image / 127.5 - 1.0
+
+
+def rotation_transform(angle: tf.Tensor, height, width) -> tf.Tensor:
+  """Keras `RandomRotation`'s 8-vector projective transform for `angle` radians about the centre."""
+  cx = (tf.cast(width, tf.float32) - 1) / 2
+  cy = (tf.cast(height, tf.float32) - 1) / 2
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  return tf.stack([cos, -sin, cx - cx * cos + cy * sin,
+                   sin, cos, cy - cx * sin - cy * cos, 0.0, 0.0])
+
+
+def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
+  """Rotates a float (H, W, C) image: bilinear, reflect fill, as Keras `RandomRotation`."""
+  shape = tf.shape(image)
+  rotated = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=rotation_transform(angle, shape[0], shape[1])[None],
+      output_shape=shape[:2], fill_value=0.0, interpolation='BILINEAR', fill_mode='REFLECT')
+  return tf.ensure_shape(rotated[0], image.shape)
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, flip: bool, rotation_factor: float) -> tf.Tensor:
+  """Random horizontal flip and rotation by up to `rotation_factor` of a full turn."""
+  flip_seed, angle_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  if rotation_factor:
+    limit = rotation_factor * 2 * math.pi
+    angle = tf.random.stateless_uniform([], angle_seed, -limit, limit)
+    image = rotate(image, angle)
+  return image
