@@ -252,3 +252,49 @@ def test_global_batch_is_laid_out_over_the_mesh():
   assert arrays['image'].shape == (8 * jax.process_count(), 4, 4, 3)
   assert arrays['label'].sharding == sharding
   np.testing.assert_array_equal(np.asarray(arrays['label']), batch['label'])
+
+
+@pytest.mark.parametrize('processes', [2, 3])
+def test_processes_read_disjoint_shards_in_equal_steps(tmp_path, monkeypatch, processes):
+  root = make_folder(tmp_path / 'data', per_class=4)
+  for i in range(9):  # 17 test examples: shards of 9 and 8 (or 6, 6, 5)
+    save(root / 'test' / 'dog' / f'extra.{i}.png', color=(10 * i, 0, 0))
+  splits = folder_splits(root)
+  config = PipelineConfig(batch_size=6, image_size=8)
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  seen, batch_counts, train_steps = [], set(), set()
+  for index in range(processes):
+    monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
+    batches = list(eval_dataset(splits['test'], config).as_numpy_iterator())
+    batch_counts.add(len(batches))
+    assert all(len(b['label']) == 6 // processes for b in batches)
+    images = np.concatenate([b['image'] for b in batches])[np.concatenate(
+        [b['mask'] for b in batches])]
+    seen.extend(img.tobytes() for img in images)
+    train_steps.add(len(list(train_dataset(splits['train'], config, 0).as_numpy_iterator())))
+  assert len(batch_counts) == 1 and len(train_steps) == 1
+  assert len(seen) == 17  # every example once over all processes
+  with pytest.raises(DataError, match='not divisible'):
+    list(eval_dataset(splits['test'], PipelineConfig(batch_size=7)).as_numpy_iterator())
+
+
+def test_global_batch_splits_over_four_local_devices():
+  """With 4 (forced CPU) devices, a batch of 8 lands as 2 examples on each device."""
+  import os
+  import subprocess
+  import sys
+  code = '''
+import jax, numpy as np
+from tlflax.data.pipeline import global_batch
+mesh = jax.make_mesh((4,), ('data',))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+arrays = global_batch({'label': np.arange(8, dtype=np.int32)}, sharding)
+shards = sorted((s.device.id, np.asarray(s.data).tolist()) for s in arrays['label'].addressable_shards)
+print(jax.device_count(), shards)
+'''
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+  assert result.stdout.strip().splitlines()[-1] == \
+      '4 [(0, [0, 1]), (1, [2, 3]), (2, [4, 5]), (3, [6, 7])]'
