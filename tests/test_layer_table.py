@@ -71,3 +71,14 @@ def test_variable_shapes_equal_the_traced_module(alpha, include_top, pooling):
   model = MobileNetV2(alpha=alpha, include_top=include_top, pooling=pooling)
   traced = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
   assert variable_shapes(alpha, include_top, pooling) == traced
+
+
+@pytest.mark.parametrize('shape,settings,message', [
+    ((1, 31, 64, 3), {}, 'at least 32x32'),
+    ((1, 64, 64), {}, 'batch, height, width, 3'),
+    ((1, 64, 64, 1), {}, 'batch, height, width, 3'),
+    ((1, 64, 64, 3), {'classifier_activation': 'sigmoid'}, 'classifier_activation')])
+def test_model_rejects_bad_inputs_with_clear_errors(shape, settings, message):
+  model = MobileNetV2(alpha=0.35, **settings)
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))

@@ -12,8 +12,8 @@ from typing import Optional
 
 from tlflax.models import variable_shapes
 from tlflax.weights.convert import WeightsError, check_variables, to_flax_variables
-from tlflax.weights.download import (DownloadError, KERAS_BASE_URL, fetch,
-                                     keras_weights_filename, sha256_of)
+from tlflax.weights.download import (DownloadError, KERAS_BASE_URL, check_sha256, fetch,
+                                     keras_weights_filename)
 from tlflax.weights.keras_h5 import read_h5
 from tlflax.weights.native import NATIVE_SUFFIX, load_variables, save_variables
 from tlflax.weights.tflite import read_tflite
@@ -66,8 +66,8 @@ def load_pretrained(source: str = 'imagenet', *, alpha: float = 1.0, include_top
     fetch(base_url + filename, filename, cache_dir, sha256, validate=validate)
     return validated['variables']
   path = Path(source).expanduser()
-  if sha256 and path.is_file() and sha256_of(path) != sha256.lower():
-    raise WeightsError(f'{path}: sha256 {sha256_of(path)} does not match the expected {sha256}')
+  if sha256 and path.is_file():
+    check_sha256(path, sha256)
   return fitted(read_weights_file(path, alpha), str(path))
 
 

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from tlflax.weights.convert import WeightsError
+
 KERAS_BASE_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/'
 KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 KERAS_SIZES = (96, 128, 160, 192, 224)
@@ -53,9 +55,16 @@ def sha256_of(path: Path) -> str:
   return digest.hexdigest()
 
 
+def check_sha256(path: Path, expected: str):
+  """Raises `WeightsError` naming both hashes unless the file's sha256 is `expected`."""
+  actual = sha256_of(path)
+  if actual != expected.lower():
+    raise WeightsError(f'{path}: sha256 {actual} does not match the expected {expected}')
+
+
 def _verify(path: Path, sha256: Optional[str], validate: Optional[Callable[[Path], object]]):
-  if sha256 and sha256_of(path) != sha256.lower():
-    raise DownloadError(f'sha256 {sha256_of(path)} does not match the expected {sha256}')
+  if sha256:
+    check_sha256(path, sha256)
   if validate:
     validate(path)
 
