@@ -1,0 +1,73 @@
+"""Transfer learning with a pretrained ConvNet, in JAX/Flax.
+
+    python main.py --config=configs/cats_dogs.py --workdir=DIR [--config.KEY=VALUE ...]
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH
+"""
+import logging as logging_std
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _OnlyOrbaxWarnings(logging_std.Filter):
+  """Orbax logs every checkpoint step at INFO; keep its warnings, drop the rest."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or 'orbax' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_OnlyOrbaxWarnings())
+  # tf.data runs on the host: keep TensorFlow off any accelerator JAX uses.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  from tlflax import train
+  from tlflax.config import ConfigError
+  from tlflax.data.folders import DataError
+  from tlflax.weights import DownloadError, WeightsError
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'evaluate':
+      metrics = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+      print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")
+    else:
+      if not FLAGS.inputs:
+        raise app.UsageError('--mode=predict needs --inputs=PATH')
+      for path, label, probability in train.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs):
+        print(f'{path}\t{label}\t{probability:.4f}')
+      print(f'wrote {os.path.join(FLAGS.workdir, "predictions.csv")}')
+  except (ConfigError, DataError, WeightsError, DownloadError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parsing, with bad `--config.*` overrides (unknown key, wrong type) as one-line errors."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    unknown = isinstance(e, (AttributeError, KeyError))
+    message = f'unknown config key {e} in a --config override' if unknown else str(e)
+    print(f'error: {message}'.replace('"', ''), file=sys.stderr)
+    print(f'Run {argv[0]} --helpfull for the flags; keys are those of the config file.',
+          file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,258 @@
+"""The two-phase trainer: freezing, config errors, outputs, resume, and the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import serialization, traverse_util
+from PIL import Image
+
+from keras_reference import random_keras_model, write_published_h5
+from tlflax import optim
+from tlflax.classifier import Classifier, backbone_layers, init_variables
+from tlflax.config import ConfigError
+from tlflax.steps import TrainState, make_train_step
+from tlflax.train import check_config, evaluate_checkpoint, predict, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import cats_dogs  # noqa: E402
+
+
+@pytest.mark.parametrize('fine_tune_at,trainable', [(None, 1_281), (100, 1_862_721)])
+def test_parameter_counts_equal_the_tutorials_keras_model(fine_tune_at, trainable):
+  """The tutorial's model: MobileNetV2 base + pooling + dropout + Dense(1), frozen like Keras."""
+  import keras
+  base = keras.applications.MobileNetV2(input_shape=(160, 160, 3), include_top=False,
+                                        weights=None)
+  base.trainable = fine_tune_at is not None
+  for layer in base.layers[:fine_tune_at or 0]:
+    layer.trainable = False
+  inputs = keras.Input((160, 160, 3))
+  outputs = keras.layers.Dense(1)(keras.layers.Dropout(0.2)(
+      keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))))
+  keras_model = keras.Model(inputs, outputs)
+  keras_trainable = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+
+  model = Classifier()
+  params = jax.eval_shape(lambda: init_variables(model, 160, jax.random.key(0), 'none'))['params']
+  counts = optim.count_params(params, optim.param_labels(params, backbone_layers(model),
+                                                          fine_tune_at))
+  assert counts['trainable'] == keras_trainable == trainable
+
+
+def test_a_phase_moves_only_trainable_parameters():
+  """Frozen parameters and all BatchNorm statistics stay bit-identical; trainable ones move."""
+  model = Classifier(alpha=0.35)
+  variables = init_variables(model, 48, jax.random.key(0), 'none')
+  labels = optim.param_labels(variables['params'], backbone_layers(model), 120)
+  tx = optim.make_optimizer('rmsprop', 1e-3, labels)
+  step = make_train_step(model.apply, tx, labels, jax.random.key(1))
+  before = jax.tree.map(np.array, variables)
+  state = TrainState(jnp.asarray(0), variables['params'], variables['batch_stats'],
+                     tx.init(variables['params']))
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    batch = {'image': rng.uniform(-1, 1, (4, 48, 48, 3)).astype(np.float32),
+             'label': np.array([0, 1, 0, 1], np.int32), 'mask': np.ones(4, bool)}
+    state, _ = step(state, batch)
+  flat_before = traverse_util.flatten_dict(before['params'])
+  flat_after = traverse_util.flatten_dict(state.params)
+  flat_labels = traverse_util.flatten_dict(labels)
+  frozen = [k for k in flat_labels if flat_labels[k] == 'frozen']
+  trainable = [k for k in flat_labels if flat_labels[k] == 'trainable']
+  assert len(frozen) > 100 and len(trainable) > 10
+  for key in frozen:
+    assert np.array_equal(flat_before[key], flat_after[key]), key
+  assert all(not np.array_equal(flat_before[k], flat_after[k]) for k in trainable
+             if k[-1] == 'kernel')
+  for a, b in zip(jax.tree.leaves(before['batch_stats']), jax.tree.leaves(state.batch_stats)):
+    assert np.array_equal(a, b)
+  # set_to_zero keeps no state: the optimizer holds one accumulator per trainable leaf only
+  state_size = sum(np.size(x) for x in jax.tree.leaves(state.opt_state))
+  trainable_size = sum(np.size(flat_after[k]) for k in trainable)
+  assert state_size == trainable_size
+
+
+def config_file_with(change):
+  """A config as a user's config file could build it: the tutorial's, changed, built afresh."""
+  values = cats_dogs.get_config().to_dict()
+  change(values)
+  return ml_collections.ConfigDict(values)
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda c: c['model'].update(widht=1.0), "unknown config key 'model.widht'"),
+    (lambda c: c.update(image_size='160'), "'image_size' must be int"),
+    (lambda c: c['data'].update(flip=1), "'data.flip' must be bool"),
+    (lambda c: c['phases']['fine_tune'].update(optimizer='adamw'), 'phases.fine_tune.optimizer'),
+    (lambda c: c['phases']['fine_tune'].update(fine_tune_at=400), 'fine_tune_at must be'),
+    (lambda c: c['phases']['fine_tune'].update(epochs=2.5), 'phases.fine_tune.epochs must be int'),
+    (lambda c: c['phases']['fine_tune'].update(momentum=0.9), 'phases.fine_tune must have'),
+    (lambda c: c['data'].update(split_scheme='x'), 'split_scheme'),
+    (lambda c: c.update(phases={}), 'phases is empty')])
+def test_bad_configs_fail_before_any_work_naming_the_key(change, message):
+  with pytest.raises(ConfigError, match=message):
+    check_config(config_file_with(change))
+
+
+def test_default_and_local_configs_are_valid():
+  check_config(cats_dogs.get_config())
+  local = cats_dogs.get_config('local')
+  check_config(local)
+  assert list(local.phases) == ['feature_extraction', 'fine_tune']
+  assert local.phases.fine_tune.fine_tune_at == 100 and local.phases.fine_tune.learning_rate == 1e-5
+
+
+def make_synthetic_folder(root, per_class=12, size=40):
+  """Two visually distinct classes (reddish and bluish noise)."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', per_class), ('validation', per_class // 2),
+                   ('test', per_class // 2)):
+    for name, base in (('cat', (200, 60, 60)), ('dog', (60, 60, 200))):
+      (root / split / name).mkdir(parents=True, exist_ok=True)
+      for i in range(n):
+        pixels = np.clip(np.array(base) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f'{name}.{i}.jpg')
+  return root
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """Synthetic images and calibrated random alpha-0.35 weights: a run that finishes in seconds."""
+  base = tmp_path_factory.mktemp('tiny')
+  folder = make_synthetic_folder(base / 'images')
+  weights = base / 'backbone.h5'
+  write_published_h5(weights, random_keras_model(0.35, False, 32))
+  config = cats_dogs.get_config()
+  config.data.folder = str(folder)
+  config.model.weights = str(weights)
+  config.model.alpha = 0.35
+  config.image_size = 32
+  config.batch_size = 4
+  config.phases.feature_extraction.epochs = 1
+  config.phases.feature_extraction.learning_rate = 1e-3
+  config.phases.fine_tune.epochs = 2
+  config.phases.fine_tune.learning_rate = 1e-4
+  return config
+
+
+def test_end_to_end_run_writes_every_output(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  history = train_and_evaluate(tiny_run, workdir)
+  for name in ('config.json', 'history.json', 'test_metrics.json', 'final_variables.msgpack',
+               'learning_curves.png', 'predictions.png', 'phases/feature_extraction',
+               'phases/fine_tune', 'checkpoints'):
+    assert (workdir / name).exists(), name
+  assert Image.open(workdir / 'learning_curves.png').size == (800, 800)
+  assert Image.open(workdir / 'predictions.png').size == (900, 900)
+  saved = json.loads((workdir / 'history.json').read_text())
+  assert [e['phase'] for e in saved['epochs']] == ['feature_extraction', 'fine_tune', 'fine_tune']
+  assert [e['epoch'] for e in saved['epochs']] == [1, 2, 3]
+  assert set(saved['initial']) == {'val_loss', 'val_accuracy'}
+  assert saved['epochs'][-1]['loss'] < saved['epochs'][0]['loss']  # it learns
+  assert history['test'] == json.loads((workdir / 'test_metrics.json').read_text())
+
+  metrics = evaluate_checkpoint(tiny_run, workdir)
+  assert metrics == pytest.approx(history['test'], abs=1e-6)
+  rows = predict(tiny_run, workdir, str(Path(tiny_run.data.folder) / 'test'))
+  assert len(rows) == 12 and {label for _, label, _ in rows} <= {'cat', 'dog'}
+  assert all(0.5 <= probability <= 1 for _, _, probability in rows)
+  correct = sum(label == Path(path).parent.name for path, label, _ in rows)
+  assert correct == round(history['test']['accuracy'] * 12)  # predict agrees with evaluate
+  csv = (workdir / 'predictions.csv').read_text().splitlines()
+  assert csv[0] == 'path,label,probability' and len(csv) == 13
+  test_folder = Path(tiny_run.data.folder) / 'test'
+  assert len(predict(tiny_run, workdir, str(test_folder / '*' / '*.0.jpg'))) == 2  # a glob
+  assert len(predict(tiny_run, workdir, str(test_folder / 'dog' / 'dog.3.jpg'))) == 1  # a file
+  broken = tmp_path / 'inputs'
+  broken.mkdir()
+  (broken / 'broken.jpg').write_bytes(b'not a jpeg')
+  (broken / 'fine.png').write_bytes((test_folder / 'cat' / 'cat.1.jpg').read_bytes())
+  assert [Path(p).name for p, _, _ in predict(tiny_run, workdir, str(broken))] == ['fine.png']
+
+
+def run_main(workdir, config_overrides, *extra, wait=True):
+  command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/cats_dogs.py',
+             f'--workdir={workdir}', *config_overrides, *extra]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+  if wait:
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output
+  return process
+
+
+def overrides(config):
+  return [f'--config.data.folder={config.data.folder}',
+          f'--config.model.weights={config.model.weights}', '--config.model.alpha=0.35',
+          '--config.image_size=32', '--config.batch_size=4',
+          '--config.phases.feature_extraction.epochs=1', '--config.phases.fine_tune.epochs=3',
+          '--config.phases.feature_extraction.learning_rate=0.001',
+          '--config.phases.fine_tune.learning_rate=0.0001']
+
+
+def test_run_killed_in_phase_two_resumes_to_the_same_parameters(tiny_run, tmp_path):
+  flags = overrides(tiny_run)
+  code, output = run_main(tmp_path / 'straight', flags)
+  assert code == 0, output[-3000:]
+
+  interrupted = tmp_path / 'interrupted'
+  process = run_main(interrupted, flags, wait=False)
+  deadline = time.time() + 300
+  while not (interrupted / 'checkpoints' / '2').is_dir():  # first epoch of phase 2 saved
+    assert process.poll() is None and time.time() < deadline, 'run ended before phase 2'
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (interrupted / 'test_metrics.json').exists()
+  code, output = run_main(interrupted, flags)
+  assert code == 0, output[-3000:]
+  assert 'Resuming' in output
+
+  straight = serialization.msgpack_restore((tmp_path / 'straight' /
+                                            'final_variables.msgpack').read_bytes())
+  resumed = serialization.msgpack_restore((interrupted / 'final_variables.msgpack').read_bytes())
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+  history = json.loads((interrupted / 'history.json').read_text())
+  assert [e['epoch'] for e in history['epochs']] == [1, 2, 3, 4]
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
+  code, output = run_main(tmp_path / 'w', ['--config.data.folder=/no/such/folder',
+                                           '--config.model.weights=none'])
+  assert code == 1 and 'error: image folder /no/such/folder does not exist' in output
+  assert 'Traceback' not in output
+  code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.momentum=0.9'])
+  assert code == 2 and "unknown config key 'momentum'" in output and 'Traceback' not in output
+  code, output = run_main(tmp_path / 'w', [], '--mode=evaluate')
+  assert code == 1 and 'no checkpoint' in output
+
+
+def test_recipe_on_real_weights_and_data_reaches_95_percent(shared_dir, tmp_path):
+  """configs/cats_dogs.py:local: ImageNet weights (shared TFLite), the shared mini set, 2+2 epochs
+  at 160x160. Keras with the same weights and data: 0.968 after phase 2's first epoch."""
+  config = cats_dogs.get_config('local')
+  config.data.folder = str(shared_dir / 'data' / 'cats_vs_dogs_mini')
+  config.model.weights = str(shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite')
+  history = train_and_evaluate(config, tmp_path / 'run')
+  assert history['epochs'][-1]['phase'] == 'fine_tune'
+  assert history['epochs'][-1]['val_accuracy'] >= 0.95
+
+
+def test_a_third_phase_is_a_config_file():
+  from configs import gradual_unfreeze
+  config = gradual_unfreeze.get_config('local')
+  check_config(config)
+  assert list(config.phases) == ['feature_extraction', 'fine_tune', 'fine_tune_more']
+  assert config.phases.fine_tune_more.fine_tune_at == 50
+  assert config.phases.fine_tune_more.epochs == config.phases.fine_tune.epochs == 2

@@ -1,0 +1,45 @@
+"""The tutorial's classifier: a MobileNetV2 backbone, global average pooling, dropout, one logit."""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from tlflax import weights
+from tlflax.models import MobileNetV2
+
+
+class Classifier(nn.Module):
+  """Binary classifier on a pretrained backbone.
+
+  The backbone's BatchNorm always uses its moving statistics (the tutorial's
+  `base_model(x, training=False)`), in every phase, also for unfrozen layers; `train` only
+  switches dropout.
+  """
+  alpha: float = 1.0
+  dropout: float = 0.2
+  depthwise_implementation: str = 'auto'
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    features = MobileNetV2(alpha=self.alpha, include_top=False, pooling='avg',
+                           depthwise_implementation=self.depthwise_implementation,
+                           name='backbone')(images, train=False)
+    features = nn.Dropout(self.dropout, deterministic=not train)(features)
+    return nn.Dense(1, name='head')(features)[:, 0]
+
+
+def backbone_layers(model: Classifier):
+  """The Keras layer table of the classifier's backbone (features with average pooling)."""
+  return MobileNetV2(alpha=model.alpha, include_top=False, pooling='avg').layers
+
+
+def init_variables(model: Classifier, image_size: int, rng, pretrained: str) -> dict:
+  """Initial `{'params', 'batch_stats'}`: a fresh head on pretrained (or, for 'none', random)
+  backbone weights, loaded strictly."""
+  variables = jax.jit(model.init, static_argnames='train')(
+      rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
+  if pretrained == 'none':
+    return variables
+  backbone = weights.load_pretrained(pretrained, alpha=model.alpha, include_top=False,
+                                     input_size=image_size)
+  return {'params': {**variables['params'], 'backbone': backbone['params']},
+          'batch_stats': {'backbone': backbone['batch_stats']}}

@@ -1,0 +1,68 @@
+"""Pure train and eval steps on a `TrainState`; `make_train_step` and `make_eval_step` jit them."""
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step changes (the checkpointed state)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def _masked_metrics(logits, batch):
+  """Sums of loss and correct predictions over the real (mask True) examples, and their count."""
+  labels = batch['label'].astype(jnp.float32)
+  mask = batch['mask'].astype(jnp.float32)
+  losses = optax.sigmoid_binary_cross_entropy(logits, labels)
+  correct = ((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32)
+  return {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
+
+
+def train_step(state: TrainState, batch, *, apply_fn, tx, labels, dropout_rng):
+  """One optimizer step. Only parameters labelled 'trainable' are differentiated, so the backward
+  pass stops at the freeze boundary; frozen leaves get zeros, which `set_to_zero` ignores."""
+  flat = traverse_util.flatten_dict(state.params)
+  flat_labels = traverse_util.flatten_dict(labels)
+  trainable = {k: v for k, v in flat.items() if flat_labels[k] == 'trainable'}
+
+  def loss_fn(trainable):
+    params = traverse_util.unflatten_dict({**flat, **trainable})
+    logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+                      train=True, rngs={'dropout': jax.random.fold_in(dropout_rng, state.step)})
+    metrics = _masked_metrics(logits, batch)
+    return metrics['loss'] / jnp.maximum(metrics['count'], 1), metrics
+
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(trainable)
+  grads = traverse_util.unflatten_dict(
+      {k: grads[k] if k in grads else jnp.zeros_like(v) for k, v in flat.items()})
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+  return state, metrics
+
+
+def eval_step(params, batch_stats, batch, *, apply_fn):
+  """Metric sums for a (possibly padded) evaluation batch."""
+  logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+  return _masked_metrics(logits, batch)
+
+
+def make_train_step(apply_fn, tx, labels, dropout_rng):
+  """The jit-compiled train step for one phase; it donates its state."""
+  return jax.jit(functools.partial(train_step, apply_fn=apply_fn, tx=tx, labels=labels,
+                                   dropout_rng=dropout_rng), donate_argnums=0)
+
+
+def make_eval_step(apply_fn):
+  """The jit-compiled eval step."""
+  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn))
