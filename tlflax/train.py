@@ -11,6 +11,7 @@ Started again on the same workdir, it resumes after the last saved epoch (same p
 state, step, data order and dropout keys) and ends with the parameters of an uninterrupted run.
 """
 import dataclasses
+import glob
 import json
 import time
 from pathlib import Path
@@ -56,14 +57,27 @@ def pipeline_config(config) -> PipelineConfig:
                         rotation_factor=config.data.rotation_factor, seed=config.seed)
 
 
+class _MetricSums:
+  """Running sums of the steps' {'loss', 'correct', 'count'}, and their means."""
+
+  def __init__(self):
+    self.sums = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
+
+  def add(self, metrics):
+    for key, value in metrics.items():
+      self.sums[key] += float(value)
+
+  def means(self) -> dict:
+    count = max(self.sums['count'], 1)
+    return {'loss': self.sums['loss'] / count, 'accuracy': self.sums['correct'] / count}
+
+
 def evaluate(eval_step, variables: dict, source, config: PipelineConfig) -> dict:
   """Loss and accuracy over every example of `source` exactly once."""
-  totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
+  sums = _MetricSums()
   for batch in eval_dataset(source, config).as_numpy_iterator():
-    for key, value in eval_step(variables['params'], variables['batch_stats'], batch).items():
-      totals[key] += float(value)
-  count = max(totals['count'], 1)
-  return {'loss': totals['loss'] / count, 'accuracy': totals['correct'] / count}
+    sums.add(eval_step(variables['params'], variables['batch_stats'], batch))
+  return sums.means()
 
 
 def _new_state(variables: dict, step: int, tx) -> TrainState:
@@ -73,21 +87,18 @@ def _new_state(variables: dict, step: int, tx) -> TrainState:
 
 def _train_epoch(train_step, state, source, config: PipelineConfig, epoch: int, description: str):
   """One epoch with a progress bar; returns the state and mean training loss and accuracy."""
-  totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
+  sums = _MetricSums()
   steps = source.num_examples // config.batch_size
   start = time.perf_counter()
   with tqdm(total=steps, desc=description, unit='batch', leave=False, disable=None) as bar:
     for batch in train_dataset(source, config, epoch).as_numpy_iterator():
       state, metrics = train_step(state, batch)
-      for key, value in metrics.items():
-        totals[key] += float(value)
+      sums.add(metrics)
+      images_per_second = sums.sums['count'] / (time.perf_counter() - start)
       bar.update(1)
-      bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.4f}",
-                      accuracy=f"{totals['correct'] / totals['count']:.4f}",
-                      images_per_s=f"{totals['count'] / (time.perf_counter() - start):.1f}")
-  return state, {'loss': totals['loss'] / totals['count'],
-                 'accuracy': totals['correct'] / totals['count'],
-                 'images_per_second': totals['count'] / (time.perf_counter() - start)}
+      bar.set_postfix({**{k: f'{v:.4f}' for k, v in sums.means().items()},
+                       'images_per_s': f'{images_per_second:.1f}'})
+  return state, {**sums.means(), 'images_per_second': images_per_second}
 
 
 def _write_json(path: Path, value):
@@ -149,8 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                    initial['loss'], initial['accuracy'])
     for phase_epoch in range(done, phase.epochs):
       epoch = meta['epoch'] + 1
+      description = f'{phase_name} {phase_epoch + 1}/{phase.epochs}'
       state, train_metrics = _train_epoch(train_step, state, splits['train'], data_config,
-                                          epoch - 1, f'{phase_name} {phase_epoch + 1}/{phase.epochs}')
+                                          epoch - 1, description)
       validation = evaluate(eval_step, {'params': state.params, 'batch_stats': state.batch_stats},
                             splits['validation'], data_config)
       record = {'phase': phase_name, 'epoch': epoch, **train_metrics,
@@ -217,7 +229,8 @@ def evaluate_checkpoint(config, workdir) -> dict:
   """Test loss and accuracy of the workdir's latest checkpoint."""
   check_config(config)
   model, variables, _ = _restore_latest_model(config, workdir)
-  return evaluate(make_eval_step(model.apply), variables, load_splits(config)['test'], pipeline_config(config))
+  return evaluate(make_eval_step(model.apply), variables, load_splits(config)['test'],
+                  pipeline_config(config))
 
 
 def list_images(inputs: str) -> list[Path]:
@@ -225,11 +238,7 @@ def list_images(inputs: str) -> list[Path]:
   path = Path(inputs).expanduser()
   if path.is_file():
     return [path]
-  if path.is_dir():
-    candidates = path.rglob('*')
-  else:
-    anchor = Path(path.anchor or '.')
-    candidates = anchor.glob(str(path.relative_to(anchor)) if path.anchor else str(path))
+  candidates = path.rglob('*') if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
   images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
   if not images:
     raise DataError(f'no images found at {inputs}')
@@ -244,11 +253,10 @@ def predict(config, workdir, inputs: str) -> list[tuple[str, str, float]]:
   rows = []
   for path in list_images(inputs):
     try:
-      image = transforms.decode_rgb(Path(path).read_bytes())
+      image = transforms.preprocess(Path(path).read_bytes(), config.image_size)
     except Exception as e:  # TF raises assorted errors for files that are not images
       logging.warning('skipped %s: not a readable image (%s)', path, type(e).__name__)
       continue
-    image = transforms.scale_to_unit_range(transforms.resize(image, config.image_size))
     names, probabilities = _classes_and_probabilities(apply(variables, image.numpy()[None]),
                                                       class_names)
     rows.append((str(path), names[0], float(probabilities[0])))

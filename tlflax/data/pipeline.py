@@ -11,7 +11,6 @@ the last batch is padded and `mask` is False on the padding. `global_batch` turn
 batch into `jax.Array`s split over the devices of a mesh.
 """
 import dataclasses
-from typing import Iterator
 
 import jax
 import numpy as np
@@ -44,11 +43,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.default_rng([seed, epoch, jax.process_index()]).integers(2**31 - 1))
 
 
-def _preprocess(example, size: int):
-  return {'image': transforms.resize(transforms.decode_rgb(example['image']), size),
-          'label': example['label']}
-
-
 def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
   """One training epoch of this process's shard: shuffled, augmented, full batches only."""
   local_batch = _local_batch_size(config.batch_size)
@@ -58,9 +52,9 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data
   epoch_seed = _epoch_seed(config.seed, epoch)
 
   def transform(index, example):
-    example = _preprocess(example, config.image_size)
+    image = transforms.resize(transforms.decode_rgb(example['image']), config.image_size)
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-    image = transforms.augment(example['image'], seed, config.flip, config.rotation_factor)
+    image = transforms.augment(image, seed, config.flip, config.rotation_factor)
     return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
             'mask': tf.constant(True)}
 
@@ -83,8 +77,7 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
   size = config.image_size
 
   def transform(example):
-    example = _preprocess(example, size)
-    return {'image': transforms.scale_to_unit_range(example['image']), 'label': example['label'],
+    return {'image': transforms.preprocess(example['image'], size), 'label': example['label'],
             'mask': tf.constant(True)}
 
   padding = tf.data.Dataset.from_tensors({
@@ -95,11 +88,6 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
           .concatenate(padding)
           .batch(local_batch, drop_remainder=True)
           .prefetch(tf.data.AUTOTUNE))
-
-
-def as_numpy(dataset: tf.data.Dataset) -> Iterator[dict]:
-  """Iterates a dataset as dicts of NumPy arrays (zero-copy where TF allows)."""
-  return dataset.as_numpy_iterator()
 
 
 def global_batch(batch: dict, sharding: jax.sharding.Sharding) -> dict:

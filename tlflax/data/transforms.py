@@ -23,6 +23,11 @@ def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
   return image / 127.5 - 1.0
 
 
+def preprocess(encoded: tf.Tensor, size: int) -> tf.Tensor:
+  """Encoded image -> float32 (size, size, 3) in [-1, 1]: the tutorial's evaluation input."""
+  return scale_to_unit_range(resize(decode_rgb(encoded), size))
+
+
 def rotation_transform(angle: tf.Tensor, height, width) -> tf.Tensor:
   """Keras `RandomRotation`'s 8-vector projective transform for `angle` radians about the centre."""
   cx = (tf.cast(width, tf.float32) - 1) / 2
