@@ -5,8 +5,8 @@
 Measures, in one run on the same machine (medians over epochs/steps after a warm-up):
 1. the tf.data training pipeline on the folder's train split at 160x160, batch 32, with and without
    augmentation (flip + rotation 0.2), in images/s;
-2. MobileNetV2 (random weights) training steps at batch 32: a frozen backbone (head only) and
-   fine-tuning from Keras layer 100;
+2. the trainer's own jitted step (`tlflax.steps`, random weights) at batch 32: a frozen backbone
+   (head only) and fine-tuning from Keras layer 100;
 3. where augmentation should run: its cost per batch in tf.data (pipeline time with minus without)
    against the same flip + rotation done inside a jitted JAX step (checked equal first), and
    phase-1 training fed by the pipeline with augmentation in either place.
@@ -24,15 +24,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import tensorflow as tf
-from flax import linen as nn
-from flax import traverse_util
 
+from tlflax import optim
+from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
 from tlflax.data.pipeline import PipelineConfig, train_dataset
 from tlflax.data.sources import folder_splits
-from tlflax.models import MobileNetV2, trainable_mask
+from tlflax.steps import TrainState, make_train_step
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'cats_vs_dogs_mini'
 tf.config.set_visible_devices([], 'GPU')
@@ -50,77 +49,49 @@ def pipeline_rate(source, config, epochs):
   return statistics.median(rates)
 
 
-def step_rate(step, args, batch_size, steps):
-  """Median images/s of a jitted step (after compiling and one warm-up call)."""
-  out = step(*args)
-  jax.block_until_ready(out)
+def median_rate(call, batch_size, steps):
+  """Median images/s of `call()` (blocked on), after one call to compile and warm up."""
+  jax.block_until_ready(call())
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    jax.block_until_ready(step(*args))
+    jax.block_until_ready(call())
     times.append(time.perf_counter() - start)
   return batch_size / statistics.median(times)
 
 
-class Classifier(nn.Module):
-  """The tutorial's model: backbone (BatchNorm in inference mode), pooling, dropout, one logit."""
-  @nn.compact
-  def __call__(self, images, train):
-    features = MobileNetV2(include_top=False, name='backbone')(images, train=False)
-    features = nn.Dropout(0.2, deterministic=not train)(jnp.mean(features, axis=(1, 2)))
-    return nn.Dense(1, name='head')(features)[:, 0]
+PHASES = (('frozen backbone (phase 1)', None), ('fine-tune from layer 100 (phase 2)', 100))
 
 
-def make_train_step(fine_tune_at):
-  """A jitted step that differentiates only the trainable parameters (frozen ones get no gradient).
-
-  Returns (step, params, opt_state). Differentiating the full tree and zeroing frozen gradients
-  with `set_to_zero` would still run the whole backward pass; splitting the tree stops it at the
-  freeze boundary.
-  """
+def trainer_step(fine_tune_at):
+  """The trainer's own jitted step (tlflax.steps) and a fresh state, for random weights."""
   model = Classifier()
-  variables = model.init(jax.random.key(1), jnp.zeros((1, 160, 160, 3)), train=False)
-  backbone_layers = MobileNetV2(include_top=False).layers
-  mask = {'backbone': trainable_mask(variables['params']['backbone'], backbone_layers,
-                                     fine_tune_at),
-          'head': jax.tree.map(lambda _: True, variables['params']['head'])}
-  flat_params, flat_mask = traverse_util.flatten_dict(variables['params']), \
-      traverse_util.flatten_dict(mask)
-  trainable = {k: v for k, v in flat_params.items() if flat_mask[k]}
-  frozen = {k: v for k, v in flat_params.items() if not flat_mask[k]}
-  tx = optax.adam(1e-4)
-
-  @jax.jit
-  def step(trainable, opt_state, images, labels):
-    def loss_fn(trainable):
-      params = traverse_util.unflatten_dict({**frozen, **trainable})
-      logits = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
-                           train=True, rngs={'dropout': jax.random.key(2)})
-      return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(trainable)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    return optax.apply_updates(trainable, updates), opt_state, loss
-
-  return step, trainable, tx.init(trainable)
-
-
-ALL_FROZEN = len(MobileNetV2(include_top=False).layers)  # fine_tune_at past the last layer
-PHASES = (('frozen backbone (phase 1)', ALL_FROZEN), ('fine-tune from layer 100 (phase 2)', 100))
+  variables = init_variables(model, 160, jax.random.key(1), 'none')
+  labels = optim.param_labels(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer('adam', 1e-4, labels)
+  step = make_train_step(model.apply, tx, labels, jax.random.key(2))
+  return step, TrainState.create(variables, tx)
 
 
 def training_step_rates(batch_size, steps):
-  images = jax.random.uniform(jax.random.key(0), (batch_size, 160, 160, 3), minval=-1, maxval=1)
-  labels = (jnp.arange(batch_size) % 2).astype(jnp.float32)
+  batch = {'image': jax.random.uniform(jax.random.key(0), (batch_size, 160, 160, 3),
+                                       minval=-1, maxval=1),
+           'label': jnp.arange(batch_size) % 2, 'mask': jnp.ones(batch_size, bool)}
   rates = {}
   for name, fine_tune_at in PHASES:
-    step, trainable, opt_state = make_train_step(fine_tune_at)
-    rates[name] = step_rate(step, (trainable, opt_state, images, labels), batch_size, steps)
+    step, state = trainer_step(fine_tune_at)
+
+    def call():
+      nonlocal state  # the step donates its state: thread it through
+      state, metrics = step(state, batch)
+      return metrics
+
+    rates[name] = median_rate(call, batch_size, steps)
   return rates
 
 
 def end_to_end_rates(source, batch_size, batches):
   """Phase-1 training fed by the pipeline: augmentation in tf.data vs in a jitted device step."""
-  step, trainable, opt_state = make_train_step(ALL_FROZEN)
   augment = jax.jit(lambda images, key: rotate_on_device(
       images, jax.random.uniform(key, (images.shape[0],), minval=-0.4 * math.pi,
                                  maxval=0.4 * math.pi),
@@ -131,14 +102,13 @@ def end_to_end_rates(source, batch_size, batches):
                  lambda images, i: augment(images, jax.random.key(i)))}
   rates = {}
   for name, (config, device_augment) in placements.items():
-    state = (trainable, opt_state)
+    step, state = trainer_step(None)
     for i, batch in enumerate(train_dataset(source, config, 0).as_numpy_iterator()):
       if i == 1:  # after compiling
         start = time.perf_counter()
-      images = device_augment(batch['image'], i)
-      state = step(*state, images, batch['label'].astype(np.float32))[:2]
+      state, metrics = step(state, {**batch, 'image': device_augment(batch['image'], i)})
       if i == batches:
-        jax.block_until_ready(state)
+        jax.block_until_ready(metrics)
         break
     rates[name] = (batches * batch_size) / (time.perf_counter() - start)
   return rates
@@ -174,7 +144,7 @@ def augmentation_placement(batch_size, steps):
                         for i, a in zip(images[:4], angles[:4])])
   difference = float(np.abs(np.asarray(device(images[:4], angles[:4], flips[:4])) -
                             reference).max())
-  rate = step_rate(device, (images, angles, flips), batch_size, steps)
+  rate = median_rate(lambda: device(images, angles, flips), batch_size, steps)
   return rate, difference
 
 
@@ -199,7 +169,8 @@ def main():
   device_rate, difference = augmentation_placement(batch_size, args.steps)
   tf_ms = 1000 * batch_size * (1 / augmented - 1 / plain)
   device_ms = 1000 * batch_size / device_rate
-  print(f'augmentation per batch: tf.data {tf_ms:.1f} ms, on device (jitted JAX) {device_ms:.1f} ms '
+  print(f'augmentation per batch: tf.data {tf_ms:.1f} ms, '
+        f'on device (jitted JAX) {device_ms:.1f} ms '
         f'(max difference {difference:.2g} on [0, 255] images)')
   end_to_end = end_to_end_rates(source, batch_size, args.steps * 2)
   for name, rate in end_to_end.items():

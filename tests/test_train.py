@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -57,8 +56,7 @@ def test_a_phase_moves_only_trainable_parameters():
   tx = optim.make_optimizer('rmsprop', 1e-3, labels)
   step = make_train_step(model.apply, tx, labels, jax.random.key(1))
   before = jax.tree.map(np.array, variables)
-  state = TrainState(jnp.asarray(0), variables['params'], variables['batch_stats'],
-                     tx.init(variables['params']))
+  state = TrainState.create(variables, tx)
   rng = np.random.default_rng(0)
   for _ in range(3):
     batch = {'image': rng.uniform(-1, 1, (4, 48, 48, 3)).astype(np.float32),

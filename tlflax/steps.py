@@ -17,6 +17,12 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
 
+  @classmethod
+  def create(cls, variables: dict, tx, step: int = 0) -> 'TrainState':
+    """A state at `step` for `{'params', 'batch_stats'}` with a fresh `tx` optimizer state."""
+    return cls(step=jnp.asarray(step, jnp.int32), params=variables['params'],
+               batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+
 
 def _masked_metrics(logits, batch):
   """Sums of loss and correct predictions over the real (mask True) examples, and their count."""

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -80,11 +79,6 @@ def evaluate(eval_step, variables: dict, source, config: PipelineConfig) -> dict
   return sums.means()
 
 
-def _new_state(variables: dict, step: int, tx) -> TrainState:
-  return TrainState(step=jnp.asarray(step, jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
-
-
 def _train_epoch(train_step, state, source, config: PipelineConfig, epoch: int, description: str):
   """One epoch with a progress bar; returns the state and mean training loss and accuracy."""
   sums = _MetricSums()
@@ -143,12 +137,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       done = meta['phase_epochs_done']
       if done < phase.epochs:
         state = checkpoints.restore_state(
-            resume_epoch, jax.eval_shape(lambda: _new_state(abstract, 0, tx)))
+            resume_epoch, jax.eval_shape(lambda: TrainState.create(abstract, tx)))
       else:
         carried = checkpoints.restore_model(resume_epoch, abstract)
       resume_epoch = None
     if state is None:
-      state = _new_state(carried, meta['step'], tx)
+      state = TrainState.create(carried, tx, meta['step'])
     counts = optim.count_params(state.params, labels)
     logging.info('Phase %s: %s epochs, %s at %g, fine_tune_at %s; trainable params %s, frozen %s',
                  phase_name, phase.epochs, phase.optimizer, phase.learning_rate,
