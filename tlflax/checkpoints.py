@@ -34,17 +34,19 @@ class Checkpoints:
   def restore_meta(self, epoch: int) -> dict:
     return self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
+  def _restore(self, epoch: int, item: str, like):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = self.manager.restore(epoch, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(abstract)}))
+    return restored[item]
+
   def restore_state(self, epoch: int, like):
     """The `TrainState` saved at `epoch`, restored into the structure of `like`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self.manager.restore(epoch, args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(abstract))).train
+    return self._restore(epoch, 'train', like)
 
   def restore_model(self, epoch: int, like: dict) -> dict:
     """`{'params', 'batch_stats'}` saved at `epoch`, in the structure of `like`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self.manager.restore(epoch, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(abstract))).model
+    return self._restore(epoch, 'model', like)
 
   def save_phase(self, name: str, state):
     path = self.workdir / 'phases' / name
