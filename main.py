@@ -3,6 +3,10 @@
     python main.py --config=configs/cats_dogs.py --workdir=DIR [--config.KEY=VALUE ...]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH
+
+Training uses every local device (data parallelism). On several hosts, start the same command on
+each, adding --num_processes=N --process_id=I --coordinator_address=HOST:PORT (host 0's address),
+or --distributed alone where JAX detects the cluster itself (Slurm, Cloud TPU, ...).
 """
 import logging as logging_std
 import os
@@ -17,6 +21,11 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:vari
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
 flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host runs); '
+                  'implied by --num_processes > 1.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0..num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,6 +43,9 @@ def main(argv):
   # tf.data runs on the host: keep TensorFlow off any accelerator JAX uses.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
+  if FLAGS.distributed or (FLAGS.num_processes or 1) > 1:
+    import jax
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from tlflax import train
   from tlflax.config import ConfigError
   from tlflax.data.folders import DataError

@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder, and Keras reference models with random weights."""
+"""Shared fixtures: the shared data folder, and a tiny training run's config."""
 import os
 from pathlib import Path
 
@@ -24,3 +24,10 @@ def tflite_path(shared_dir):
   if not path.is_file():
     pytest.skip(f'{path} is absent')
   return path
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """The config of a tiny run on synthetic images (see `runs.tiny_config`)."""
+  from runs import tiny_config
+  return tiny_config(tmp_path_factory.mktemp('tiny'))

@@ -16,8 +16,10 @@ import orbax.checkpoint as ocp
 class Checkpoints:
   """Per-epoch checkpoints and per-phase models of one workdir."""
 
-  def __init__(self, workdir, keep: int = 3):
+  def __init__(self, workdir, keep: int = 3, sharding: Optional[jax.sharding.Sharding] = None):
+    """`sharding`: where restored arrays go (default: the first device)."""
     self.workdir = Path(workdir).absolute()
+    self.sharding = sharding
     self.manager = ocp.CheckpointManager(
         self.workdir / 'checkpoints', item_names=('model', 'train', 'meta'),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -35,7 +37,8 @@ class Checkpoints:
     return self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def _restore(self, epoch: int, item: str, like):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding), like)
     restored = self.manager.restore(epoch, args=ocp.args.Composite(
         **{item: ocp.args.StandardRestore(abstract)}))
     return restored[item]

@@ -12,19 +12,30 @@ class Classifier(nn.Module):
 
   The backbone's BatchNorm always uses its moving statistics (the tutorial's
   `base_model(x, training=False)`), in every phase, also for unfrozen layers; `train` only
-  switches dropout.
+  switches dropout. `dtype` is the computation dtype (bfloat16 for mixed precision); parameters
+  and the returned logits stay float32.
   """
   alpha: float = 1.0
   dropout: float = 0.2
   depthwise_implementation: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    features = MobileNetV2(alpha=self.alpha, include_top=False, pooling='avg',
-                           depthwise_implementation=self.depthwise_implementation,
-                           name='backbone')(images, train=False)
-    features = nn.Dropout(self.dropout, deterministic=not train)(features)
-    return nn.Dense(1, name='head')(features)[:, 0]
+  def setup(self):
+    self.backbone = MobileNetV2(alpha=self.alpha, include_top=False, pooling='avg',
+                                depthwise_implementation=self.depthwise_implementation,
+                                dtype=self.dtype)
+    self.head_dropout = nn.Dropout(self.dropout)
+    self.head = nn.Dense(1, dtype=self.dtype)
+
+  def __call__(self, inputs, train: bool = False, *, start: int = 0):
+    """Logits for images or, with `start` > 0, for `frozen_activations(images, start)`."""
+    features = self.backbone(inputs, train=False, start=start)
+    features = self.head_dropout(features, deterministic=not train)
+    return self.head(features)[:, 0].astype(jnp.float32)
+
+  def frozen_activations(self, images, stop: int) -> dict:
+    """What backbone layers `stop...` need from the layers below (see `MobileNetV2`)."""
+    return self.backbone(images, train=False, stop=stop)
 
 
 def backbone_layers(model: Classifier):

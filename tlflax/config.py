@@ -12,7 +12,9 @@ SCHEMA = {
     'model': {'alpha': float, 'weights': str, 'dropout': float, 'depthwise_implementation': str},
     'data': {'folder': str, 'tfds_name': str, 'split_scheme': str, 'data_dir': str,
              'shuffle_buffer': int, 'flip': bool, 'rotation_factor': float},
+    'compute': {'dtype': str, 'cache_frozen': bool, 'cache_limit_gb': float, 'prefetch': int},
 }
+DTYPES = ('float32', 'bfloat16')
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,11 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: int):
       (config.model.depthwise_implementation in IMPLEMENTATIONS,
        f'model.depthwise_implementation must be one of {IMPLEMENTATIONS}'),
       (0 <= config.model.dropout < 1, 'model.dropout must be in [0, 1)'),
+      (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
+      (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
+      (not config.compute.cache_frozen or (not config.data.flip and not config.data.rotation_factor),
+       'compute.cache_frozen needs data.flip=False and data.rotation_factor=0: cached activations '
+       'cannot be augmented'),
   ]
   for ok, message in checks:
     if not ok:

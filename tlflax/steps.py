@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from tlflax import parallel
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -22,6 +24,11 @@ class TrainState:
     """A state at `step` for `{'params', 'batch_stats'}` with a fresh `tx` optimizer state."""
     return cls(step=jnp.asarray(step, jnp.int32), params=variables['params'],
                batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+
+
+def model_inputs(batch: dict):
+  """A batch's images, or the cached activations that stand in for them (`tlflax.feeds`)."""
+  return batch['activations'] if 'activations' in batch else batch['image']
 
 
 def _masked_metrics(logits, batch):
@@ -43,7 +50,7 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, labels, dropout_rng):
 
   def loss_fn(trainable):
     params = traverse_util.unflatten_dict({**flat, **trainable})
-    logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+    logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, model_inputs(batch),
                       train=True, rngs={'dropout': jax.random.fold_in(dropout_rng, state.step)})
     metrics = _masked_metrics(logits, batch)
     return metrics['loss'] / jnp.maximum(metrics['count'], 1), metrics
@@ -59,16 +66,28 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, labels, dropout_rng):
 
 def eval_step(params, batch_stats, batch, *, apply_fn):
   """Metric sums for a (possibly padded) evaluation batch."""
-  logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+  logits = apply_fn({'params': params, 'batch_stats': batch_stats}, model_inputs(batch),
+                    train=False)
   return _masked_metrics(logits, batch)
 
 
-def make_train_step(apply_fn, tx, labels, dropout_rng):
-  """The jit-compiled train step for one phase; it donates its state."""
-  return jax.jit(functools.partial(train_step, apply_fn=apply_fn, tx=tx, labels=labels,
-                                   dropout_rng=dropout_rng), donate_argnums=0)
+def make_train_step(apply_fn, tx, labels, dropout_rng, mesh=None):
+  """The jit-compiled train step for one phase; it donates its state. With a `mesh`, the batch is
+  split over its devices and the state replicated (data parallelism)."""
+  step = functools.partial(train_step, apply_fn=apply_fn, tx=tx, labels=labels,
+                           dropout_rng=dropout_rng)
+  if mesh is None:
+    return jax.jit(step, donate_argnums=0)
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, donate_argnums=0, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=replicated)
 
 
-def make_eval_step(apply_fn):
-  """The jit-compiled eval step."""
-  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn))
+def make_eval_step(apply_fn, mesh=None):
+  """The jit-compiled eval step (batch split over the `mesh`'s devices, if given)."""
+  step = functools.partial(eval_step, apply_fn=apply_fn)
+  if mesh is None:
+    return jax.jit(step)
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=replicated)

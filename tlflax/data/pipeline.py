@@ -8,9 +8,12 @@ yields NumPy batches of `batch_size // process_count` examples:
 Training epochs drop the remainder; their order and augmentation depend only on (seed, epoch), so a
 resumed run sees the same data as an uninterrupted one. Evaluation sees every example exactly once:
 the last batch is padded and `mask` is False on the padding. `global_batch` turns a process-local
-batch into `jax.Array`s split over the devices of a mesh.
+batch into `jax.Array`s split over the devices of a mesh; `prefetch_to_devices` does so ahead of
+the steps.
 """
+import collections
 import dataclasses
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -43,12 +46,27 @@ def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.default_rng([seed, epoch, jax.process_index()]).integers(2**31 - 1))
 
 
-def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
-  """One training epoch of this process's shard: shuffled, augmented, full batches only."""
+def train_steps(source: Source, config: PipelineConfig) -> int:
+  """Steps in a training epoch (full global batches only)."""
   local_batch = _local_batch_size(config.batch_size)
   steps = source.num_examples // jax.process_count() // local_batch
   if steps == 0:
-    raise DataError(f'{source.num_examples} training examples make no batch of {config.batch_size}')
+    raise DataError(f'{source.num_examples} training examples make no batch of '
+                    f'{local_batch * jax.process_count()}')
+  return steps
+
+
+def _shuffled(dataset: tf.data.Dataset, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
+  """The epoch's order. It depends only on (seed, epoch, process) and the dataset's length, not on
+  its elements, so `epoch_indices` gives the same order as `train_dataset`."""
+  return dataset.shuffle(config.shuffle_buffer, seed=_epoch_seed(config.seed, epoch),
+                         reshuffle_each_iteration=False)
+
+
+def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
+  """One training epoch of this process's shard: shuffled, augmented, full batches only."""
+  local_batch = _local_batch_size(config.batch_size)
+  steps = train_steps(source, config)
   epoch_seed = _epoch_seed(config.seed, epoch)
 
   def transform(index, example):
@@ -58,13 +76,23 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data
     return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
             'mask': tf.constant(True)}
 
-  return (source.dataset.shard(jax.process_count(), jax.process_index())
-          .shuffle(config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-          .enumerate()
+  return (_shuffled(source.dataset.shard(jax.process_count(), jax.process_index()).enumerate(),
+                    config, epoch)
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .batch(local_batch, drop_remainder=True)
           .take(steps)
           .prefetch(tf.data.AUTOTUNE))
+
+
+def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndarray:
+  """(steps, local batch) positions in this process's shard: the batches of `train_dataset`'s
+  epoch, for training on cached per-example activations instead of images."""
+  local_batch = _local_batch_size(config.batch_size)
+  steps = train_steps(source, config)
+  shard_size = len(range(jax.process_index(), source.num_examples, jax.process_count()))
+  order = _shuffled(tf.data.Dataset.range(shard_size), config, epoch)
+  return np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64).reshape(
+      steps, local_batch)
 
 
 def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
@@ -92,5 +120,17 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
 
 def global_batch(batch: dict, sharding: jax.sharding.Sharding) -> dict:
   """Assembles process-local batches into global `jax.Array`s laid out by `sharding`."""
-  return {key: jax.make_array_from_process_local_data(sharding, value)
-          for key, value in batch.items()}
+  return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value), batch)
+
+
+def prefetch_to_devices(batches: Iterable[dict], sharding: jax.sharding.Sharding,
+                        size: int = 2) -> Iterator[dict]:
+  """`global_batch` of each batch, `size` batches ahead: the copies to the devices are
+  asynchronous, so they overlap with the steps running on the previous batches."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(global_batch(batch, sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

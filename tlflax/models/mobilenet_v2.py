@@ -51,27 +51,36 @@ class MobileNetV2(nn.Module):
     return layer_table.mobilenet_v2_layers(self.alpha, self.include_top, self.pooling, self.classes)
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    """Runs the network on NHWC `images` scaled to [-1, 1].
+  def __call__(self, inputs, train: bool = False, *, start: int = 0, stop: Optional[int] = None):
+    """Runs Keras layers `[start, stop)` of the network (all of them by default).
+
+    From `start=0`, `inputs` are NHWC images scaled to [-1, 1]; from a later `start`, they are the
+    `boundary_activations` that `stop=start` returned. With `stop`, the result is those boundary
+    activations: the output of layer `stop - 1` and every earlier output that a residual `add` at or
+    after `stop` still needs, keyed by layer name.
 
     `train` is Keras's `training` argument for BatchNorm: False (the default, and what transfer
     learning wants) normalizes with the moving statistics; True uses batch statistics and updates
     the `batch_stats` collection, which must then be mutable.
     """
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'expected images of shape (batch, height, width, 3), got {images.shape}')
-    if min(images.shape[1:3]) < MIN_INPUT_SIZE:
-      raise ValueError(f'MobileNetV2 needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, '
-                       f'got {images.shape[1]}x{images.shape[2]}')
+    layers = self.layers
+    end = len(layers) if stop is None else stop
+    if not (0 <= start <= end <= len(layers) and end >= 1):
+      raise ValueError(f'need 0 <= start <= stop <= {len(layers)} and stop >= 1, '
+                       f'got start={start}, stop={stop}')
     if self.classifier_activation not in (None, 'softmax'):
       raise ValueError("classifier_activation must be 'softmax' or None, "
                        f'got {self.classifier_activation!r}')
-    outputs = {}
-    x = images.astype(self.dtype)
-    for layer in self.layers:
+    if start == 0:
+      _check_images(inputs)
+      outputs, x = {}, inputs.astype(self.dtype)
+    else:
+      outputs = {name: value.astype(self.dtype) for name, value in inputs.items()}
+      x = outputs[layers[start - 1].name]
+    for layer in layers[start:end]:
       x = self._apply_layer(layer, x, outputs, train)
       outputs[layer.name] = x
-    return x
+    return x if stop is None else boundary_activations(layers, stop, outputs)
 
   def _apply_layer(self, layer, x, outputs, train):
     kind = layer.kind
@@ -106,6 +115,20 @@ class MobileNetV2(nn.Module):
         return nn.softmax(logits.astype(jnp.float32))
       return logits
     raise NotImplementedError(f'layer kind {kind!r} of {layer.name}')
+
+
+def _check_images(images):
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f'expected images of shape (batch, height, width, 3), got {images.shape}')
+  if min(images.shape[1:3]) < MIN_INPUT_SIZE:
+    raise ValueError(f'MobileNetV2 needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, '
+                     f'got {images.shape[1]}x{images.shape[2]}')
+
+
+def boundary_activations(layers, stop: int, outputs: dict) -> dict:
+  """The outputs (by layer name) that layers `stop...` need: layer `stop - 1`'s and residuals'."""
+  needed = {layers[stop - 1].name} | {layer.residual for layer in layers[stop:] if layer.residual}
+  return {name: outputs[name] for name in needed if name in outputs}
 
 
 def variable_shapes(alpha: float = 1.0, include_top: bool = True, pooling: Optional[str] = None,

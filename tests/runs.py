@@ -1,0 +1,67 @@
+"""Small training runs for tests: synthetic images, calibrated random weights, the CLI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from keras_reference import random_keras_model, write_published_h5
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import cats_dogs  # noqa: E402
+
+
+def make_synthetic_folder(root, per_class=12, size=40):
+  """Two visually distinct classes (reddish and bluish noise)."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', per_class), ('validation', per_class // 2),
+                   ('test', per_class // 2)):
+    for name, base in (('cat', (200, 60, 60)), ('dog', (60, 60, 200))):
+      (root / split / name).mkdir(parents=True, exist_ok=True)
+      for i in range(n):
+        pixels = np.clip(np.array(base) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f'{name}.{i}.jpg')
+  return root
+
+
+def tiny_config(base: Path):
+  """Synthetic images and calibrated random alpha-0.35 weights: a run that finishes in seconds."""
+  folder = make_synthetic_folder(base / 'images')
+  weights = base / 'backbone.h5'
+  write_published_h5(weights, random_keras_model(0.35, False, 32))
+  config = cats_dogs.get_config()
+  config.data.folder = str(folder)
+  config.model.weights = str(weights)
+  config.model.alpha = 0.35
+  config.image_size = 32
+  config.batch_size = 4
+  config.phases.feature_extraction.epochs = 1
+  config.phases.feature_extraction.learning_rate = 1e-3
+  config.phases.fine_tune.epochs = 2
+  config.phases.fine_tune.learning_rate = 1e-4
+  return config
+
+
+def run_main(workdir, config_overrides, *extra, wait=True, env=None):
+  """`python main.py` on configs/cats_dogs.py; (exit code, output), or the process if not `wait`."""
+  command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/cats_dogs.py',
+             f'--workdir={workdir}', *config_overrides, *extra]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=None if env is None else {**os.environ, **env})
+  if wait:
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output
+  return process
+
+
+def overrides(config):
+  """`--config.*` flags for the tiny run (phase 2 for 3 epochs)."""
+  return [f'--config.data.folder={config.data.folder}',
+          f'--config.model.weights={config.model.weights}', '--config.model.alpha=0.35',
+          '--config.image_size=32', '--config.batch_size=4',
+          '--config.phases.feature_extraction.epochs=1', '--config.phases.fine_tune.epochs=3',
+          '--config.phases.feature_extraction.learning_rate=0.001',
+          '--config.phases.fine_tune.learning_rate=0.0001']

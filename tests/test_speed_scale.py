@@ -1,0 +1,180 @@
+"""Speed and scale: frozen-part caches, no gradient below the freeze boundary, bfloat16, and data
+parallelism over 4 local devices and over 2 processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from runs import ROOT, overrides, run_main
+from tlflax import optim
+from tlflax.data import transforms
+from tlflax.classifier import Classifier, backbone_layers, init_variables
+from tlflax.feeds import cache_boundary
+from tlflax.steps import TrainState, make_train_step, train_step
+from tlflax.train import train_and_evaluate
+
+
+def no_augmentation(config, cache):
+  config = config.copy_and_resolve_references()
+  config.data.flip = False
+  config.data.rotation_factor = 0.0
+  config.compute.cache_frozen = cache
+  return config
+
+
+def assert_trees_close(a, b, atol):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def run_on_images(tiny_run, tmp_path_factory):
+  """The tiny run without augmentation, on images (no caches), on one device."""
+  return train_and_evaluate(no_augmentation(tiny_run, False), tmp_path_factory.mktemp('images'))
+
+
+def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_path):
+  """Phase 1 on cached pooled features and phase 2 on cached layer-100 activations end with the
+  parameters and metrics of the same run on images."""
+  cached = train_and_evaluate(no_augmentation(tiny_run, True), tmp_path / 'cached')
+  assert [cached.history['phases'][p]['cached_from_layer'] for p in tiny_run.phases] == [155, 100]
+  assert all(run_on_images.history['phases'][p]['cached_from_layer'] is None
+             for p in tiny_run.phases)
+  assert_trees_close(run_on_images.variables, cached.variables, atol=1e-5)
+  for a, b in zip(run_on_images.history['epochs'], cached.history['epochs'], strict=True):
+    for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
+      assert a[key] == pytest.approx(b[key], abs=1e-5), key
+  initial = init_variables(Classifier(alpha=0.35), 32, jax.random.key(0), tiny_run.model.weights)
+  moved = np.abs(run_on_images.variables['params']['head']['kernel']
+                 - initial['params']['head']['kernel']).max()
+  assert moved > 1e-3  # the comparison is not of untrained models
+
+
+def count_convolutions(model, variables, fine_tune_at):
+  """Convolutions in the jaxpr of a train step that trains backbone layers from `fine_tune_at`."""
+  labels = optim.param_labels(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer('sgd', 0.1, labels)
+  batch = {'image': jnp.zeros((2, 32, 32, 3)), 'label': jnp.zeros(2, jnp.int32),
+           'mask': jnp.ones(2, bool)}
+  jaxpr = jax.make_jaxpr(lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=labels,
+                                                 dropout_rng=jax.random.key(0)))(
+      TrainState.create(variables, tx), batch)
+  return str(jaxpr).count('conv_general_dilated[')
+
+
+def test_no_gradient_is_computed_below_fine_tune_at():
+  """The backward pass stops at the boundary: a trainable convolution costs two more (input and
+  kernel gradients); a frozen one below the boundary costs none."""
+  model = Classifier(alpha=0.35, depthwise_implementation='shifted')  # convs = the 1x1 and Conv1
+  variables = jax.eval_shape(lambda: init_variables(model, 32, jax.random.key(0), 'none'))
+  layers = backbone_layers(model)
+  convs = [layer.index for layer in layers if layer.kind == 'conv']
+  forward = count_convolutions(model, variables, None)
+  assert forward == len(convs)
+  for fine_tune_at in (100, 140):
+    trainable = sum(index >= fine_tune_at for index in convs)
+    # the lowest trainable convolution needs no input gradient unless a depthwise kernel or
+    # BatchNorm below it (and above the boundary) trains
+    assert count_convolutions(model, variables, fine_tune_at) in (
+        len(convs) + 2 * trainable - 1, len(convs) + 2 * trainable)
+  assert count_convolutions(model, variables, 0) == 3 * len(convs) - 1  # all of it, for contrast
+
+
+def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
+  """Mixed precision: bfloat16 compute, float32 parameters, loss and logits (real weights and
+  images: a random network amplifies rounding chaotically)."""
+  files = sorted((shared_dir / 'data' / 'cats_vs_dogs_mini' / 'validation').glob('*/*.jpg'))
+  images = np.stack([transforms.preprocess(f.read_bytes(), 96).numpy() for f in files[::40][:8]])
+  batch = {'image': images, 'label': np.arange(8, dtype=np.int32) % 2, 'mask': np.ones(8, bool)}
+  results = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = Classifier(dtype=dtype)
+    variables = init_variables(model, 96, jax.random.key(0), str(tflite_path))
+    features = jax.jit(lambda v, x: model.apply(v, x, 155, method=Classifier.frozen_activations))(
+        variables, images)
+    logits = jax.jit(model.apply)(variables, images)
+    start = jax.tree.map(np.array, variables['params'])
+    labels = optim.param_labels(variables['params'], backbone_layers(model), 100)
+    tx = optim.make_optimizer('sgd', 0.1, labels)
+    state, metrics = make_train_step(model.apply, tx, labels, jax.random.key(1))(
+        TrainState.create(variables, tx), batch)
+    results[dtype] = (logits, features, metrics, state.params)
+  (logits32, features32, metrics32, params32), (logits16, features16, metrics16, params16) = (
+      results[jnp.float32], results[jnp.bfloat16])
+  assert features16['global_average_pooling2d'].dtype == jnp.bfloat16
+  assert logits16.dtype == jnp.float32 and metrics16['loss'].dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params16))
+  # bfloat16 keeps 8 bits of mantissa: through ~50 layers, features move a few percent (0.996
+  # cosine on the real ImageNet weights); they must still point the same way
+  a, b = (np.asarray(f['global_average_pooling2d'], np.float32) for f in (features32, features16))
+  cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+  print('feature cosine', cosine.min(), 'loss', metrics32['loss'], metrics16['loss'])
+  assert cosine.min() > 0.99
+  assert float(metrics16['loss']) == pytest.approx(float(metrics32['loss']), rel=0.1)
+  step32, step16 = (np.ravel(p['head']['kernel']) - np.ravel(start['head']['kernel'])
+                    for p in (params32, params16))
+  assert np.dot(step32, step16) / np.linalg.norm(step32) / np.linalg.norm(step16) > 0.95
+
+
+def final_variables(workdir):
+  from flax import serialization
+  return serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
+
+
+def test_four_local_devices_train_like_one(tiny_run, tmp_path):
+  """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does."""
+  flags = overrides(tiny_run)
+  runs = {}
+  for devices in (1, 4):
+    code, output = run_main(tmp_path / str(devices), flags, env={
+        'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'})
+    assert code == 0, output[-3000:]
+    assert f'Data parallel over {devices} devices (1 processes)' in output
+    runs[devices] = tmp_path / str(devices)
+  assert_trees_close(final_variables(runs[1]), final_variables(runs[4]), atol=1e-5)
+  one, four = (json.loads((runs[d] / 'history.json').read_text()) for d in (1, 4))
+  assert [e['loss'] for e in one['epochs']] == pytest.approx([e['loss'] for e in four['epochs']],
+                                                             abs=1e-5)
+
+
+WORKER = '''
+import json, sys, jax, ml_collections, numpy as np
+jax.distributed.initialize('127.0.0.1:{port}', 2, int(sys.argv[1]))
+from tlflax.train import train_and_evaluate
+config = ml_collections.ConfigDict(json.loads({config!r}))
+result = train_and_evaluate(config, {workdir!r})
+np.savez({workdir!r} + f'/params_{{jax.process_index()}}.npz',
+         *jax.tree.leaves(result.variables['params']))
+print('devices', jax.device_count(), 'local', jax.local_device_count())
+'''
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_parameters(tiny_run, tmp_path):
+  """`jax.distributed` on 127.0.0.1: two CPU processes, each reading half of every batch, train
+  the whole recipe (checkpoints included) and hold the same parameters at the end."""
+  code = WORKER.format(port=free_port(), config=tiny_run.to_json(), workdir=str(tmp_path))
+  processes = [subprocess.Popen([sys.executable, '-c', code, str(i)], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+               for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, output in zip(processes, outputs):
+    assert p.returncode == 0, output[-3000:]
+    assert 'devices 2 local 1' in output
+  first, second = (np.load(tmp_path / f'params_{i}.npz') for i in range(2))
+  assert len(first.files) > 100
+  for name in first.files:
+    np.testing.assert_array_equal(first[name], second[name])
+  assert (tmp_path / 'test_metrics.json').exists()

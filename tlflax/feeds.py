@@ -1,0 +1,101 @@
+"""Where a phase's batches come from: the image pipeline, or caches of the frozen part's activations.
+
+A phase trains backbone layers from `fine_tune_at` up (none when None) and the head. The layers below
+are frozen and their BatchNorm is in inference mode, so without augmentation their output for an
+image never changes during the phase. `CachedFeed` runs them once over the training and validation
+splits and then serves batches of those activations (`batch['activations']`) in exactly the order
+and padding of the image pipeline: the pooled features in phase 1 (about 5 KB per image) and the
+activations at layer `fine_tune_at` in phase 2 (about 270 KB per image at 160x160 and layer 100).
+Training on them gives the same result as training on images, minus the frozen part's cost.
+"""
+import time
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from tlflax import parallel
+from tlflax.classifier import Classifier
+from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, prefetch_to_devices,
+                                  train_dataset)
+from tlflax.data.sources import Source
+
+
+class ImageFeed:
+  """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps."""
+  start = 0  # the model runs from its first layer
+
+  def __init__(self, splits: dict[str, Source], config: PipelineConfig, mesh, prefetch: int = 2):
+    self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
+
+  def train(self, epoch: int) -> Iterator[dict]:
+    batches = train_dataset(self.splits['train'], self.config, epoch).as_numpy_iterator()
+    return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
+
+  def evaluation(self, split: str) -> Iterator[dict]:
+    batches = eval_dataset(self.splits[split], self.config).as_numpy_iterator()
+    return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
+
+
+def cache_boundary(fine_tune_at: Optional[int], layer_count: int) -> int:
+  """The first backbone layer a phase trains (`layer_count`: none, only the head)."""
+  return layer_count if fine_tune_at is None else max(fine_tune_at, 1)
+
+
+def cache_bytes(model: Classifier, image_size: int, boundary: int, examples: int) -> int:
+  """Memory that `examples` examples' activations at `boundary` take."""
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), image)
+  shapes = jax.eval_shape(
+      lambda v, x: model.apply(v, x, boundary, method=Classifier.frozen_activations),
+      variables, image)
+  return examples * sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+
+
+class CachedFeed:
+  """Batches of the frozen part's activations at `boundary`, computed once per split.
+
+  Each process caches its own shard, in record order; `train` serves `train_dataset`'s epoch order
+  (`epoch_indices`) and `evaluation` `eval_dataset`'s padded batches.
+  """
+
+  def __init__(self, model: Classifier, variables, splits: dict[str, Source],
+               config: PipelineConfig, mesh, boundary: int, split_names=('train', 'validation')):
+    self.start, self.splits, self.config, self.mesh = boundary, splits, config, mesh
+    self.local_batch = config.batch_size // jax.process_count()
+    frozen = jax.jit(lambda v, images: model.apply(v, images, boundary,
+                                                   method=Classifier.frozen_activations))
+    started = time.perf_counter()
+    self.cache = {name: self._compute(frozen, variables, splits[name]) for name in split_names}
+    self.seconds = time.perf_counter() - started
+    logging.info('Cached activations at backbone layer %d for %s in %.1f s', boundary,
+                 ', '.join(split_names), self.seconds)
+
+  def _compute(self, frozen, variables, source: Source) -> dict:
+    """{'activations': {layer name: (n, ...)}, 'label': (n,)} for this process's shard."""
+    parts = []
+    for batch in ImageFeed({'split': source}, self.config, self.mesh).evaluation('split'):
+      rows = {'activations': frozen(variables, batch['image']),
+              'label': batch['label'], 'mask': batch['mask']}
+      rows = parallel.to_process_local(rows, self.mesh)
+      keep = np.asarray(rows.pop('mask'))
+      parts.append(jax.tree.map(lambda a: np.asarray(a)[keep], rows))
+    return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+  def _batches(self, split: str, positions) -> Iterator[dict]:
+    def take(index):
+      cache = self.cache[split]
+      batch = jax.tree.map(lambda a: a[np.minimum(index, len(a) - 1)], cache)
+      return {**batch, 'mask': index < len(cache['label'])}
+    return prefetch_to_devices(map(take, positions), parallel.batch_sharding(self.mesh))
+
+  def train(self, epoch: int) -> Iterator[dict]:
+    return self._batches('train', epoch_indices(self.splits['train'], self.config, epoch))
+
+  def evaluation(self, split: str) -> Iterator[dict]:
+    """The split's examples once, padded to whole batches like `eval_dataset` (its order too)."""
+    per_process = -(-self.splits[split].num_examples // jax.process_count())
+    batches = -(-per_process // self.local_batch)
+    positions = np.arange(batches * self.local_batch).reshape(batches, self.local_batch)
+    return self._batches(split, positions)
