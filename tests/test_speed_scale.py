@@ -15,7 +15,6 @@ from runs import ROOT, overrides, run_main
 from tlflax import optim
 from tlflax.data import transforms
 from tlflax.classifier import Classifier, backbone_layers, init_variables
-from tlflax.feeds import cache_boundary
 from tlflax.steps import TrainState, make_train_step, train_step
 from tlflax.train import train_and_evaluate
 
@@ -105,7 +104,7 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
     state, metrics = make_train_step(model.apply, tx, labels, jax.random.key(1))(
         TrainState.create(variables, tx), batch)
     results[dtype] = (logits, features, metrics, state.params)
-  (logits32, features32, metrics32, params32), (logits16, features16, metrics16, params16) = (
+  (_, features32, metrics32, params32), (logits16, features16, metrics16, params16) = (
       results[jnp.float32], results[jnp.bfloat16])
   assert features16['global_average_pooling2d'].dtype == jnp.bfloat16
   assert logits16.dtype == jnp.float32 and metrics16['loss'].dtype == jnp.float32
@@ -114,7 +113,6 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
   # cosine on the real ImageNet weights); they must still point the same way
   a, b = (np.asarray(f['global_average_pooling2d'], np.float32) for f in (features32, features16))
   cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-  print('feature cosine', cosine.min(), 'loss', metrics32['loss'], metrics16['loss'])
   assert cosine.min() > 0.99
   assert float(metrics16['loss']) == pytest.approx(float(metrics32['loss']), rel=0.1)
   step32, step16 = (np.ravel(p['head']['kernel']) - np.ravel(start['head']['kernel'])

@@ -17,25 +17,29 @@ from absl import logging
 
 from tlflax import parallel
 from tlflax.classifier import Classifier
-from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, prefetch_to_devices,
-                                  train_dataset)
+from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_steps,
+                                  prefetch_to_devices, train_dataset)
 from tlflax.data.sources import Source
 
 
 class ImageFeed:
   """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps."""
   start = 0  # the model runs from its first layer
+  cache_seconds = 0.0
 
   def __init__(self, splits: dict[str, Source], config: PipelineConfig, mesh, prefetch: int = 2):
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
 
-  def train(self, epoch: int) -> Iterator[dict]:
-    batches = train_dataset(self.splits['train'], self.config, epoch).as_numpy_iterator()
+  def to_devices(self, batches) -> Iterator[dict]:
+    """NumPy batches as global arrays split over the mesh, `prefetch` batches ahead."""
     return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
 
+  def train(self, epoch: int) -> Iterator[dict]:
+    return self.to_devices(train_dataset(self.splits['train'], self.config, epoch)
+                           .as_numpy_iterator())
+
   def evaluation(self, split: str) -> Iterator[dict]:
-    batches = eval_dataset(self.splits[split], self.config).as_numpy_iterator()
-    return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
+    return self.to_devices(eval_dataset(self.splits[split], self.config).as_numpy_iterator())
 
 
 def cache_boundary(fine_tune_at: Optional[int], layer_count: int) -> int:
@@ -57,45 +61,46 @@ class CachedFeed:
   """Batches of the frozen part's activations at `boundary`, computed once per split.
 
   Each process caches its own shard, in record order; `train` serves `train_dataset`'s epoch order
-  (`epoch_indices`) and `evaluation` `eval_dataset`'s padded batches.
+  (`epoch_indices`) and `evaluation` `eval_dataset`'s padded batches. The splits, pipeline config,
+  mesh and prefetch are `images`'s, whose evaluation pass computes the cache.
   """
 
-  def __init__(self, model: Classifier, variables, splits: dict[str, Source],
-               config: PipelineConfig, mesh, boundary: int, split_names=('train', 'validation')):
-    self.start, self.splits, self.config, self.mesh = boundary, splits, config, mesh
-    self.local_batch = config.batch_size // jax.process_count()
-    frozen = jax.jit(lambda v, images: model.apply(v, images, boundary,
-                                                   method=Classifier.frozen_activations))
+  def __init__(self, model: Classifier, variables, images: ImageFeed, boundary: int,
+               split_names=('train', 'validation')):
+    self.start, self.images = boundary, images
+    frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
+                                              method=Classifier.frozen_activations))
     started = time.perf_counter()
-    self.cache = {name: self._compute(frozen, variables, splits[name]) for name in split_names}
-    self.seconds = time.perf_counter() - started
+    self.cache = {name: self._compute(frozen, variables, name) for name in split_names}
+    self.cache_seconds = time.perf_counter() - started
     logging.info('Cached activations at backbone layer %d for %s in %.1f s', boundary,
-                 ', '.join(split_names), self.seconds)
+                 ', '.join(split_names), self.cache_seconds)
 
-  def _compute(self, frozen, variables, source: Source) -> dict:
+  def _compute(self, frozen, variables, split: str) -> dict:
     """{'activations': {layer name: (n, ...)}, 'label': (n,)} for this process's shard."""
     parts = []
-    for batch in ImageFeed({'split': source}, self.config, self.mesh).evaluation('split'):
+    for batch in self.images.evaluation(split):
       rows = {'activations': frozen(variables, batch['image']),
               'label': batch['label'], 'mask': batch['mask']}
-      rows = parallel.to_process_local(rows, self.mesh)
+      rows = parallel.to_process_local(rows, self.images.mesh)
       keep = np.asarray(rows.pop('mask'))
       parts.append(jax.tree.map(lambda a: np.asarray(a)[keep], rows))
     return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
   def _batches(self, split: str, positions) -> Iterator[dict]:
+    cache = self.cache[split]
+
     def take(index):
-      cache = self.cache[split]
       batch = jax.tree.map(lambda a: a[np.minimum(index, len(a) - 1)], cache)
       return {**batch, 'mask': index < len(cache['label'])}
-    return prefetch_to_devices(map(take, positions), parallel.batch_sharding(self.mesh))
+    return self.images.to_devices(map(take, positions))
 
   def train(self, epoch: int) -> Iterator[dict]:
-    return self._batches('train', epoch_indices(self.splits['train'], self.config, epoch))
+    return self._batches('train', epoch_indices(self.images.splits['train'], self.images.config,
+                                                epoch))
 
   def evaluation(self, split: str) -> Iterator[dict]:
     """The split's examples once, padded to whole batches like `eval_dataset` (its order too)."""
-    per_process = -(-self.splits[split].num_examples // jax.process_count())
-    batches = -(-per_process // self.local_batch)
-    positions = np.arange(batches * self.local_batch).reshape(batches, self.local_batch)
-    return self._batches(split, positions)
+    steps = eval_steps(self.images.splits[split], self.images.config)
+    local_batch = self.images.config.batch_size // jax.process_count()
+    return self._batches(split, np.arange(steps * local_batch).reshape(steps, local_batch))

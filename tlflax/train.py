@@ -113,18 +113,18 @@ def _write_json(path: Path, value):
   path.write_text(json.dumps(value, indent=2))
 
 
-def _phase_feed(config, model, variables, splits, image_feed, boundary: int):
+def _phase_feed(config, model, variables, image_feed, boundary: int):
   """Cached activations at `boundary` when the config asks and they fit; else the image feed."""
   if not config.compute.cache_frozen:
     return image_feed
-  examples = sum(splits[name].num_examples for name in ('train', 'validation'))
+  examples = sum(image_feed.splits[name].num_examples for name in ('train', 'validation'))
   size = feeds.cache_bytes(model, config.image_size, boundary, examples // jax.process_count())
   if size > config.compute.cache_limit_gb * 1e9:
     logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
                     'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
                     config.compute.cache_limit_gb)
     return image_feed
-  return feeds.CachedFeed(model, variables, splits, image_feed.config, image_feed.mesh, boundary)
+  return feeds.CachedFeed(model, variables, image_feed, boundary)
 
 
 @dataclasses.dataclass
@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainResul
       feed = image_feed
     else:
       feed = _phase_feed(config, model, {'params': state.params, 'batch_stats': state.batch_stats},
-                         splits, image_feed, feeds.cache_boundary(phase.fine_tune_at, len(layers)))
+                         image_feed, feeds.cache_boundary(phase.fine_tune_at, len(layers)))
     apply_fn = functools.partial(model.apply, start=feed.start)
     train_step = make_train_step(apply_fn, tx, labels, dropout_rng, mesh)
     phase_eval_step = make_eval_step(apply_fn, mesh) if feed.start else eval_step
@@ -224,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainResul
                    record['val_accuracy'], record['images_per_second'])
       history['phases'][phase_name] = {
           'seconds': time.perf_counter() - phase_start, 'cached_from_layer': feed.start or None,
-          'cache_seconds': getattr(feed, 'seconds', 0.0)}
+          'cache_seconds': feed.cache_seconds}
       meta.update(phase=phase_index, phase_epochs_done=phase_epoch + 1, epoch=epoch,
                   step=int(state.step), history=history)
       checkpoints.save(epoch, state, meta)

@@ -56,6 +56,17 @@ def train_steps(source: Source, config: PipelineConfig) -> int:
   return steps
 
 
+def eval_steps(source: Source, config: PipelineConfig) -> int:
+  """Batches in an evaluation pass (the last one padded), the same number on every process."""
+  per_process = -(-source.num_examples // jax.process_count())
+  return -(-per_process // _local_batch_size(config.batch_size))
+
+
+def _shard_size(source: Source) -> int:
+  """Examples in this process's shard (`dataset.shard` deals them out round-robin)."""
+  return len(range(jax.process_index(), source.num_examples, jax.process_count()))
+
+
 def _shuffled(dataset: tf.data.Dataset, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
   """The epoch's order. It depends only on (seed, epoch, process) and the dataset's length, not on
   its elements, so `epoch_indices` gives the same order as `train_dataset`."""
@@ -89,8 +100,7 @@ def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndar
   epoch, for training on cached per-example activations instead of images."""
   local_batch = _local_batch_size(config.batch_size)
   steps = train_steps(source, config)
-  shard_size = len(range(jax.process_index(), source.num_examples, jax.process_count()))
-  order = _shuffled(tf.data.Dataset.range(shard_size), config, epoch)
+  order = _shuffled(tf.data.Dataset.range(_shard_size(source)), config, epoch)
   return np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64).reshape(
       steps, local_batch)
 
@@ -98,10 +108,6 @@ def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndar
 def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
   """This process's shard once, in order, padded to whole batches (`mask` False on padding)."""
   local_batch = _local_batch_size(config.batch_size)
-  processes = jax.process_count()
-  per_process = -(-source.num_examples // processes)
-  batches = -(-per_process // local_batch)
-  shard_size = len(range(jax.process_index(), source.num_examples, processes))
   size = config.image_size
 
   def transform(example):
@@ -110,8 +116,9 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
 
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(False)}).repeat(batches * local_batch - shard_size)
-  return (source.dataset.shard(processes, jax.process_index())
+      'mask': tf.constant(False)}).repeat(eval_steps(source, config) * local_batch
+                                          - _shard_size(source))
+  return (source.dataset.shard(jax.process_count(), jax.process_index())
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .concatenate(padding)
           .batch(local_batch, drop_remainder=True)
