@@ -55,34 +55,33 @@ def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_pat
   assert moved > 1e-3  # the comparison is not of untrained models
 
 
-def count_convolutions(model, variables, fine_tune_at):
-  """Convolutions in the jaxpr of a train step that trains backbone layers from `fine_tune_at`."""
+def count_products(model, variables, fine_tune_at):
+  """Convolutions and matrix products (1x1 convolutions, the head) in the jaxpr of a train step
+  that trains backbone layers from `fine_tune_at`."""
   labels = optim.param_labels(variables['params'], backbone_layers(model), fine_tune_at)
   tx = optim.make_optimizer('sgd', 0.1, labels)
   batch = {'image': jnp.zeros((2, 32, 32, 3)), 'label': jnp.zeros(2, jnp.int32),
            'mask': jnp.ones(2, bool)}
-  jaxpr = jax.make_jaxpr(lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=labels,
-                                                 dropout_rng=jax.random.key(0)))(
-      TrainState.create(variables, tx), batch)
-  return str(jaxpr).count('conv_general_dilated[')
+  jaxpr = str(jax.make_jaxpr(
+      lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=labels,
+                              dropout_rng=jax.random.key(0)))(TrainState.create(variables, tx), batch))
+  return jaxpr.count('conv_general_dilated[') + jaxpr.count('dot_general[')
 
 
 def test_no_gradient_is_computed_below_fine_tune_at():
-  """The backward pass stops at the boundary: a trainable convolution costs two more (input and
-  kernel gradients); a frozen one below the boundary costs none."""
-  model = Classifier(alpha=0.35, depthwise_implementation='shifted')  # convs = the 1x1 and Conv1
+  """The backward pass stops at the boundary: a trainable convolution or dense layer costs two
+  more products (input and kernel gradients); a frozen one below the boundary costs none."""
+  model = Classifier(alpha=0.35, depthwise_implementation='shifted')  # no depthwise convolutions
   variables = jax.eval_shape(lambda: init_variables(model, 32, jax.random.key(0), 'none'))
   layers = backbone_layers(model)
-  convs = [layer.index for layer in layers if layer.kind == 'conv']
-  forward = count_convolutions(model, variables, None)
-  assert forward == len(convs)
-  for fine_tune_at in (100, 140):
-    trainable = sum(index >= fine_tune_at for index in convs)
-    # the lowest trainable convolution needs no input gradient unless a depthwise kernel or
-    # BatchNorm below it (and above the boundary) trains
-    assert count_convolutions(model, variables, fine_tune_at) in (
-        len(convs) + 2 * trainable - 1, len(convs) + 2 * trainable)
-  assert count_convolutions(model, variables, 0) == 3 * len(convs) - 1  # all of it, for contrast
+  products = [layer.index for layer in layers if layer.kind == 'conv'] + [len(layers)]  # + head
+  for fine_tune_at in (None, 100, 140):
+    trainable = sum(index >= (fine_tune_at or len(layers)) for index in products)
+    # the lowest trainable layer needs no input gradient unless a depthwise kernel or BatchNorm
+    # below it (and above the boundary) trains
+    assert count_products(model, variables, fine_tune_at) in (
+        len(products) + 2 * trainable - 1, len(products) + 2 * trainable), fine_tune_at
+  assert count_products(model, variables, 0) == 3 * len(products) - 1  # all of it, for contrast
 
 
 def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):

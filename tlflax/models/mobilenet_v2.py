@@ -12,6 +12,7 @@ from flax import linen as nn
 
 from tlflax.models import layer_table
 from tlflax.models.depthwise import DepthwiseConv2D
+from tlflax.models.pointwise import PointwiseConv
 
 # Keras's MobileNetV2 BatchNormalization settings.
 BATCH_NORM_EPSILON = 1e-3
@@ -86,6 +87,8 @@ class MobileNetV2(nn.Module):
     kind = layer.kind
     if kind == 'input':
       return x
+    if kind == 'conv' and layer.kernel_size == 1 and layer.strides == 1:
+      return PointwiseConv(layer.features, dtype=self.dtype, name=layer.name)(x)
     if kind == 'conv':
       return nn.Conv(layer.features, (layer.kernel_size,) * 2, strides=layer.strides,
                      padding='SAME', use_bias=False, dtype=self.dtype,
