@@ -31,9 +31,13 @@ from pathlib import Path
 from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tlflax import xla_flags  # pylint: disable=wrong-import-position
+
 SHARED = ROOT.parent / 'shared'
 DATA = SHARED / 'data' / 'cats_vs_dogs_mini'
 WEIGHTS = SHARED / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite'
+XLA_DEFAULTS = ('--xla_cpu_enable_concurrency_optimized_scheduler=true',)
 RUNS = ('tlflax', 'tlflax-cached', 'keras-tf', 'keras-jax')
 PHASES = ('feature_extraction', 'fine_tune')
 IMAGE_SIZE, BATCH, FINE_TUNE_AT = 160, 32, 100
@@ -70,7 +74,6 @@ def peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------------------- tlflax
 def run_tlflax(workdir: Path, cached: bool) -> dict:
-  sys.path.insert(0, str(ROOT))
   from configs import cats_dogs
   from tlflax.train import train_and_evaluate
   config = cats_dogs.get_config('local,cached' if cached else 'local')
@@ -138,7 +141,6 @@ class PhaseTimer:
 def run_keras(workdir: Path) -> dict:
   import keras
   import tensorflow as tf
-  sys.path.insert(0, str(ROOT))
   from tlflax.weights.native import load_variables
   variables, _ = load_variables(workdir / 'weights.msgpack')
   kwargs = dict(batch_size=BATCH, image_size=(IMAGE_SIZE, IMAGE_SIZE), seed=0)
@@ -195,6 +197,8 @@ def worker(name: str, workdir: Path):
 def run_worker(name: str, workdir: Path) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
              KERAS_BACKEND='jax' if name == 'keras-jax' else 'tensorflow')
+  if name.startswith('keras'):  # XLA's defaults, not the flags importing tlflax would add
+    env['XLA_FLAGS'] = xla_flags.with_flags(env.get('XLA_FLAGS', ''), XLA_DEFAULTS)
   command = [sys.executable, __file__, f'--worker={name}', f'--workdir={workdir}',
              f'--epochs={FLAGS.epochs}', f'--train_images={FLAGS.train_images}',
              f'--val_images={FLAGS.val_images}']
@@ -294,7 +298,6 @@ def main(argv):
   unknown = set(FLAGS.runs) - set(RUNS)
   if unknown:
     sys.exit(f'error: unknown runs {sorted(unknown)}; known: {RUNS}')
-  sys.path.insert(0, str(ROOT))
   from tlflax.weights import load_pretrained
   from tlflax.weights.native import save_variables
   workdir = Path(tempfile.mkdtemp(prefix='tlflax-bench-'))
