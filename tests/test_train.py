@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from flax import serialization, traverse_util
 from PIL import Image
 
 from runs import cats_dogs, overrides, run_main
-from tlflax import optim
+from tlflax import optim, weights
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.config import ConfigError
 from tlflax.steps import TrainState, make_train_step
@@ -39,6 +40,24 @@ def test_parameter_counts_equal_the_tutorials_keras_model(fine_tune_at, trainabl
   counts = optim.count_params(params, optim.param_labels(params, backbone_layers(model),
                                                           fine_tune_at))
   assert counts['trainable'] == keras_trainable == trainable
+
+
+def test_pretrained_init_is_the_file_plus_a_fresh_head(tiny_run):
+  """With pretrained weights only the head is initialized, in the tree the checkpoints expect."""
+  model = Classifier(alpha=0.35)
+  variables = init_variables(model, 32, jax.random.key(3), tiny_run.model.weights)
+  abstract = jax.eval_shape(lambda: init_variables(model, 32, jax.random.key(3), 'none'))
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, abstract)
+  backbone = weights.load_pretrained(tiny_run.model.weights, alpha=0.35, include_top=False,
+                                     input_size=32)
+  ported = {'params': variables['params']['backbone'],
+            'batch_stats': variables['batch_stats']['backbone']}
+  for a, b in zip(jax.tree.leaves(backbone), jax.tree.leaves(ported)):
+    np.testing.assert_array_equal(a, b)
+  head = variables['params']['head']['kernel']
+  assert np.std(head) > 0.01  # initialized, not zeros
+  np.testing.assert_array_equal(head, init_variables(
+      model, 32, jax.random.key(3), tiny_run.model.weights)['params']['head']['kernel'])
 
 
 def test_a_phase_moves_only_trainable_parameters():

@@ -29,7 +29,10 @@ class Classifier(nn.Module):
 
   def __call__(self, inputs, train: bool = False, *, start: int = 0):
     """Logits for images or, with `start` > 0, for `frozen_activations(images, start)`."""
-    features = self.backbone(inputs, train=False, start=start)
+    return self.classify(self.backbone(inputs, train=False, start=start), train)
+
+  def classify(self, features, train: bool = False):
+    """Logits for pooled backbone features: dropout, then the one-logit dense layer."""
     features = self.head_dropout(features, deterministic=not train)
     return self.head(features)[:, 0].astype(jnp.float32)
 
@@ -45,12 +48,14 @@ def backbone_layers(model: Classifier):
 
 def init_variables(model: Classifier, image_size: int, rng, pretrained: str) -> dict:
   """Initial `{'params', 'batch_stats'}`: a fresh head on pretrained (or, for 'none', random)
-  backbone weights, loaded strictly."""
-  variables = jax.jit(model.init, static_argnames='train')(
-      rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
+  backbone weights, loaded strictly. The head is the one `model.init(rng, ...)` would make; with
+  pretrained weights only the head is initialized, which spares compiling the whole network's init."""
   if pretrained == 'none':
-    return variables
+    return jax.jit(model.init, static_argnames='train')(
+        rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
   backbone = weights.load_pretrained(pretrained, alpha=model.alpha, include_top=False,
                                      input_size=image_size)
-  return {'params': {**variables['params'], 'backbone': backbone['params']},
+  width = next(layer.features for layer in reversed(backbone_layers(model)) if layer.kind == 'conv')
+  head = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, width)), method=Classifier.classify))(rng)
+  return {'params': {**head['params'], 'backbone': backbone['params']},
           'batch_stats': {'backbone': backbone['batch_stats']}}
