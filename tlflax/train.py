@@ -13,6 +13,7 @@ state, step, data order and dropout keys) and ends with the parameters of an uni
 import dataclasses
 import functools
 import glob
+import itertools
 import json
 import time
 from pathlib import Path
@@ -304,21 +305,30 @@ def list_images(inputs: str) -> list[Path]:
   return images
 
 
+def _readable_images(paths: list[Path], image_size: int):
+  """(path, preprocessed image) for each path that decodes; warns about the others."""
+  for path in paths:
+    try:
+      yield path, transforms.preprocess(path.read_bytes(), image_size).numpy()
+    except Exception as e:  # TF raises assorted errors for files that are not images
+      logging.warning('skipped %s: not a readable image (%s)', path, type(e).__name__)
+
+
 def predict(config, workdir, inputs: str) -> list[tuple[str, str, float]]:
-  """Classifies images with the latest checkpoint; writes WORKDIR/predictions.csv."""
+  """Classifies images with the latest checkpoint, `batch_size` at a time (the last batch is
+  padded, so one compilation serves all); writes WORKDIR/predictions.csv."""
   check_config(config)
   model, variables, class_names = _restore_latest_model(config, workdir, parallel.data_mesh())
   apply = jax.jit(model.apply)
+  images = _readable_images(list_images(inputs), config.image_size)
   rows = []
-  for path in list_images(inputs):
-    try:
-      image = transforms.preprocess(Path(path).read_bytes(), config.image_size)
-    except Exception as e:  # TF raises assorted errors for files that are not images
-      logging.warning('skipped %s: not a readable image (%s)', path, type(e).__name__)
-      continue
-    names, probabilities = _classes_and_probabilities(apply(variables, image.numpy()[None]),
+  while chunk := list(itertools.islice(images, config.batch_size)):
+    paths, arrays = zip(*chunk)
+    batch = np.zeros((config.batch_size, *arrays[0].shape), np.float32)
+    batch[:len(arrays)] = arrays
+    names, probabilities = _classes_and_probabilities(apply(variables, batch)[:len(paths)],
                                                       class_names)
-    rows.append((str(path), names[0], float(probabilities[0])))
+    rows.extend(zip(map(str, paths), names, map(float, probabilities)))
   with open(Path(workdir) / 'predictions.csv', 'w') as f:
     f.write('path,label,probability\n')
     f.writelines(f'{p},{label},{prob:.6f}\n' for p, label, prob in rows)
