@@ -1,9 +1,17 @@
 """Shared fixtures: the shared data folder, and a tiny training run's config."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  # One persistent compilation cache for the session and the CLI runs it starts: the tiny recipe's
+  # runs compile the same programs again and again.
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='tlflax-tests-jax-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 import pytest
 
