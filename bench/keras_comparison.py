@@ -21,6 +21,7 @@ memory. Writes OUT/keras_comparison.{md,json,png} and prints the ratios last.
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def run_tlflax(workdir: Path, cached: bool) -> dict:
   config.model.weights = str(workdir / 'weights.msgpack')
   for phase in config.phases.values():
     phase.epochs = FLAGS.epochs
-  history = train_and_evaluate(config, workdir / ('run-cached' if cached else 'run')).history
+  run_dir = tempfile.mkdtemp(prefix='run-cached-' if cached else 'run-', dir=workdir)
+  history = train_and_evaluate(config, run_dir).history  # a fresh workdir: no resuming
   phases = {}
   for name in PHASES:
     epochs = [e for e in history['epochs'] if e['phase'] == name]
@@ -306,12 +308,15 @@ def main(argv):
                  load_pretrained(str(WEIGHTS), include_top=False, input_size=IMAGE_SIZE),
                  alpha=1.0, source=str(WEIGHTS))
   samples = {name: [] for name in FLAGS.runs}
-  for round_index in range(FLAGS.rounds):
-    for name in FLAGS.runs:
-      start = time.perf_counter()
-      samples[name].append(run_worker(name, workdir))
-      print(f'round {round_index + 1}/{FLAGS.rounds}: {name} took '
-            f'{time.perf_counter() - start:.0f} s', flush=True)
+  try:
+    for round_index in range(FLAGS.rounds):
+      for name in FLAGS.runs:
+        start = time.perf_counter()
+        samples[name].append(run_worker(name, workdir))
+        print(f'round {round_index + 1}/{FLAGS.rounds}: {name} took '
+              f'{time.perf_counter() - start:.0f} s', flush=True)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
   table = summarize(samples)
   out = Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
