@@ -17,7 +17,7 @@ from absl import logging
 
 from tlflax import parallel
 from tlflax.classifier import Classifier
-from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_steps,
+from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset)
 from tlflax.data.sources import Source
 
@@ -47,10 +47,10 @@ def cache_boundary(fine_tune_at: Optional[int], layer_count: int) -> int:
   return layer_count if fine_tune_at is None else max(fine_tune_at, 1)
 
 
-def cache_bytes(model: Classifier, image_size: int, boundary: int, examples: int) -> int:
+def cache_bytes(model: Classifier, variables, image_size: int, boundary: int,
+                examples: int) -> int:
   """Memory that `examples` examples' activations at `boundary` take."""
   image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), image)
   shapes = jax.eval_shape(
       lambda v, x: model.apply(v, x, boundary, method=Classifier.frozen_activations),
       variables, image)
@@ -101,6 +101,4 @@ class CachedFeed:
 
   def evaluation(self, split: str) -> Iterator[dict]:
     """The split's examples once, padded to whole batches like `eval_dataset` (its order too)."""
-    steps = eval_steps(self.images.splits[split], self.images.config)
-    local_batch = self.images.config.batch_size // jax.process_count()
-    return self._batches(split, np.arange(steps * local_batch).reshape(steps, local_batch))
+    return self._batches(split, eval_indices(self.images.splits[split], self.images.config))

@@ -119,7 +119,8 @@ def _phase_feed(config, model, variables, image_feed, boundary: int):
   if not config.compute.cache_frozen:
     return image_feed
   examples = sum(image_feed.splits[name].num_examples for name in ('train', 'validation'))
-  size = feeds.cache_bytes(model, config.image_size, boundary, examples // jax.process_count())
+  size = feeds.cache_bytes(model, variables, config.image_size, boundary,
+                          examples // jax.process_count())
   if size > config.compute.cache_limit_gb * 1e9:
     logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
                     'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,

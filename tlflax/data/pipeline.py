@@ -105,6 +105,13 @@ def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndar
       steps, local_batch)
 
 
+def eval_indices(source: Source, config: PipelineConfig) -> np.ndarray:
+  """(steps, local batch) positions in this process's shard: `eval_dataset`'s batches, whose
+  positions past the shard's end are its padding."""
+  local_batch = _local_batch_size(config.batch_size)
+  return np.arange(eval_steps(source, config) * local_batch).reshape(-1, local_batch)
+
+
 def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
   """This process's shard once, in order, padded to whole batches (`mask` False on padding)."""
   local_batch = _local_batch_size(config.batch_size)
