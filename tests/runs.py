@@ -27,21 +27,20 @@ def make_synthetic_folder(root, per_class=12, size=40):
   return root
 
 
+# The tiny run's settings, as `--config.KEY=VALUE` keys.
+TINY = {'model.alpha': 0.35, 'image_size': 32, 'batch_size': 4,
+        'phases.feature_extraction.epochs': 1, 'phases.feature_extraction.learning_rate': 1e-3,
+        'phases.fine_tune.epochs': 2, 'phases.fine_tune.learning_rate': 1e-4}
+
+
 def tiny_config(base: Path):
   """Synthetic images and calibrated random alpha-0.35 weights: a run that finishes in seconds."""
   folder = make_synthetic_folder(base / 'images')
   weights = base / 'backbone.h5'
   write_published_h5(weights, random_keras_model(0.35, False, 32))
   config = cats_dogs.get_config()
-  config.data.folder = str(folder)
-  config.model.weights = str(weights)
-  config.model.alpha = 0.35
-  config.image_size = 32
-  config.batch_size = 4
-  config.phases.feature_extraction.epochs = 1
-  config.phases.feature_extraction.learning_rate = 1e-3
-  config.phases.fine_tune.epochs = 2
-  config.phases.fine_tune.learning_rate = 1e-4
+  config.update_from_flattened_dict({**TINY, 'data.folder': str(folder),
+                                     'model.weights': str(weights)})
   return config
 
 
@@ -58,10 +57,7 @@ def run_main(workdir, config_overrides, *extra, wait=True, env=None):
 
 
 def overrides(config):
-  """`--config.*` flags for the tiny run (phase 2 for 3 epochs)."""
-  return [f'--config.data.folder={config.data.folder}',
-          f'--config.model.weights={config.model.weights}', '--config.model.alpha=0.35',
-          '--config.image_size=32', '--config.batch_size=4',
-          '--config.phases.feature_extraction.epochs=1', '--config.phases.fine_tune.epochs=3',
-          '--config.phases.feature_extraction.learning_rate=0.001',
-          '--config.phases.fine_tune.learning_rate=0.0001']
+  """`--config.*` flags for the tiny run, with phase 2 for 3 epochs."""
+  settings = {**TINY, 'data.folder': config.data.folder, 'model.weights': config.model.weights,
+              'phases.fine_tune.epochs': 3}
+  return [f'--config.{key}={value}' for key, value in settings.items()]
