@@ -5,7 +5,8 @@
     python main.py --config=configs/cats_dogs.py:local,cached ...       # no augmentation, caches
 
 Every field can be overridden: `--config.phases.fine_tune.fine_tune_at=120`,
-`--config.data.folder=PATH`, `--config.model.weights=PATH`, ... Phases run in the order given.
+`--config.data.folder=PATH`, `--config.model.weights=PATH`, ... Phases run in the order of
+`config.phase_order` (ConfigDict iterates keys sorted, so `config.phases` alone has no order).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -47,6 +48,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 1000
   config.data.flip = True
   config.data.rotation_factor = 0.2
+  # Images larger than this (decoded pixels) are skipped with a warning; JPEGs are decoded at 1/2,
+  # 1/4 or 1/8 scale first where that brings them under it.
+  config.data.max_pixels = 50_000_000
 
   config.compute = ml_collections.ConfigDict()
   config.compute.dtype = 'float32'  # or 'bfloat16': mixed precision (parameters stay float32)
@@ -58,6 +62,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.phases = ml_collections.ConfigDict()
   config.phases.feature_extraction = phase(10, 'adam', 1e-4)
   config.phases.fine_tune = phase(10, 'rmsprop', 1e-5, fine_tune_at=100)  # base rate / 10
+  config.phase_order = ('feature_extraction', 'fine_tune')
 
   config.checkpoints_to_keep = 3
 

@@ -10,4 +10,5 @@ def get_config(variant: str = ''):
   config = tutorial_config(variant)
   config.phases.fine_tune_more = phase(config.phases.fine_tune.epochs, 'rmsprop', 3e-6,
                                        fine_tune_at=50)
+  config.phase_order += ('fine_tune_more',)
   return config

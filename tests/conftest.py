@@ -20,9 +20,13 @@ SHARED = Path(__file__).resolve().parents[2] / 'shared'
 
 @pytest.fixture(scope='session')
 def shared_dir():
-  """`../shared` beside the project root; tests that need it skip when it is absent."""
+  """`../shared` beside the project root; tests that need it skip when it is absent, except in CI
+  (CI=true), where it must be there and its absence fails them."""
   if not SHARED.is_dir():
-    pytest.skip(f'shared data folder {SHARED} is absent (see README, "Data for tests")')
+    message = f'shared data folder {SHARED} is absent (see README, "Tests")'
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail(f'{message}; CI must run the real-data tests')
+    pytest.skip(message)
   return SHARED
 
 
@@ -30,7 +34,7 @@ def shared_dir():
 def tflite_path(shared_dir):
   path = shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite'
   if not path.is_file():
-    pytest.skip(f'{path} is absent')
+    pytest.fail(f'{path} is absent from the shared folder')
   return path
 
 

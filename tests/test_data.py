@@ -1,5 +1,6 @@
 """Input pipelines: TFDS splits, image folders with bad files, Keras-equal transforms, batching."""
 import logging
+import os
 
 import jax
 import numpy as np
@@ -298,3 +299,55 @@ print(jax.device_count(), shards)
                           timeout=120, check=True)
   assert result.stdout.strip().splitlines()[-1] == \
       '4 [(0, [0, 1]), (1, [2, 3]), (2, [4, 5]), (3, [6, 7])]'
+
+
+def test_images_over_the_pixel_limit_are_skipped_from_their_header(tmp_path, caplog):
+  """A 12000x12000 PNG (144 MP, a few KB on disk) is skipped without being decoded; a JPEG over
+  the limit is kept when a reduced-scale decoding fits it."""
+  root = make_folder(tmp_path / 'data', per_class=2)
+  Image.new('1', (12000, 12000)).save(root / 'train' / 'cat' / 'bomb.png')
+  with caplog.at_level(logging.WARNING):
+    files, _ = scan_image_folder(root)
+  assert not any('bomb' in p for p in files['train'].paths)
+  assert 'skipped 1 images over data.max_pixels=50000000' in caplog.text
+  small_limit = make_folder(tmp_path / 'small_limit', per_class=2)
+  save(small_limit / 'train' / 'cat' / 'big.png', size=(40, 30))  # 1200 pixels
+  files, _ = scan_image_folder(small_limit, max_pixels=1000)
+  kept = {p.rsplit('/', 1)[-1] for p in files['train'].paths}
+  assert 'big.png' not in kept and 'cat.0.jpg' in kept  # the 40x30 JPEGs decode at 1/2 scale
+
+
+@pytest.mark.parametrize('max_pixels,shape', [(None, (300, 400)), (120_000, (300, 400)),
+                                              (119_999, (150, 200)), (7_500, (75, 100)),
+                                              (10, (38, 50))])
+def test_large_jpegs_decode_at_the_first_scale_within_the_limit(tmp_path, max_pixels, shape):
+  jpeg = save(tmp_path / 'photo.jpg', size=(400, 300)).read_bytes()
+  decoded = transforms.decode_rgb(tf.constant(jpeg), max_pixels)
+  assert decoded.shape == (*shape, 3) and decoded.dtype == tf.uint8
+  if max_pixels and shape == (300, 400):  # within the limit: exactly the plain decoding
+    np.testing.assert_array_equal(decoded, transforms.decode_rgb(tf.constant(jpeg)))
+
+
+def test_resize_reads_uint8_without_a_float_copy_and_equal_values():
+  image = np.random.default_rng(0).integers(0, 256, (97, 61, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.resize(tf.constant(image), 40),
+                                tf.image.resize(tf.cast(image, tf.float32), (40, 40)))
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+  root = make_folder(tmp_path / 'data', per_class=2)
+  name = os.fsdecode(b'x\xfe.jpg')
+  save(root / 'train' / 'cat' / name)
+  splits = folder_splits(root)
+  assert splits['train'].num_examples == 5
+  batches = list(eval_dataset(splits['train'], PipelineConfig(batch_size=4, image_size=32))
+                 .as_numpy_iterator())
+  assert sum(int(b['mask'].sum()) for b in batches) == 5
+
+
+def test_an_empty_split_is_an_error_naming_it(tmp_path):
+  """A small validation/ and no test/: the carved test split would be empty."""
+  root = make_folder(tmp_path / 'data', per_class=2, splits=('train',))
+  make_folder(tmp_path / 'data', per_class=1, splits=('validation',))
+  with pytest.raises(DataError, match=r'the test split has no usable images \(there is no test/'):
+    folder_splits(root)

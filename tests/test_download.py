@@ -115,3 +115,26 @@ def test_file_names_are_keras_names(alpha, include_top, size, name):
 def test_weights_keras_does_not_publish_are_refused(alpha, include_top, size):
   with pytest.raises(ValueError):
     keras_weights_filename(alpha, include_top, size)
+
+
+def test_a_redirect_from_https_to_http_is_refused():
+  import urllib.error
+  import urllib.request
+  from tlflax.weights.download import _NoDowngradeRedirects
+  handler = _NoDowngradeRedirects()
+  request = urllib.request.Request('https://storage.example/weights.h5')
+  with pytest.raises(urllib.error.URLError, match='refused a redirect from https'):
+    handler.redirect_request(request, None, 302, 'Found', {}, 'http://mirror.example/w.h5')
+  kept = handler.redirect_request(request, None, 302, 'Found', {}, 'https://mirror.example/w.h5')
+  assert kept.full_url == 'https://mirror.example/w.h5'
+
+
+def test_ctrl_c_mid_download_leaves_no_partial_file(server, tmp_path):
+  from tlflax.weights.download import fetch
+  _, url = server
+
+  def interrupted(path):  # as if the user pressed Ctrl-C once the bytes are in
+    raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    fetch(url + FILENAME, FILENAME, tmp_path, validate=interrupted)
+  assert list(tmp_path.iterdir()) == []

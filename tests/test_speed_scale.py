@@ -42,9 +42,10 @@ def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_pat
   """Phase 1 on cached pooled features and phase 2 on cached layer-100 activations end with the
   parameters and metrics of the same run on images."""
   cached = train_and_evaluate(no_augmentation(tiny_run, True), tmp_path / 'cached')
-  assert [cached.history['phases'][p]['cached_from_layer'] for p in tiny_run.phases] == [155, 100]
+  assert [cached.history['phases'][p]['cached_from_layer'] for p in tiny_run.phase_order] == [
+      155, 100]
   assert all(run_on_images.history['phases'][p]['cached_from_layer'] is None
-             for p in tiny_run.phases)
+             for p in tiny_run.phase_order)
   assert_trees_close(run_on_images.variables, cached.variables, atol=1e-5)
   for a, b in zip(run_on_images.history['epochs'], cached.history['epochs'], strict=True):
     for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
@@ -124,15 +125,22 @@ def final_variables(workdir):
   return serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
 
 
-def test_four_local_devices_train_like_one(tiny_run, tmp_path):
-  """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does."""
-  flags = overrides(tiny_run)
+NO_AUGMENTATION = ['--config.data.flip=False', '--config.data.rotation_factor=0']
+
+
+@pytest.mark.parametrize('cached', [False, True])
+def test_four_local_devices_train_like_one(tiny_run, tmp_path, cached):
+  """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does; with
+  `cached`, the 4-device run trains on cached activations and the 1-device one on images."""
+  flags = overrides(tiny_run) + (NO_AUGMENTATION if cached else [])
   runs = {}
   for devices in (1, 4):
-    code, output = run_main(tmp_path / str(devices), flags, env={
+    cache = [f'--config.compute.cache_frozen={cached and devices == 4}']
+    code, output = run_main(tmp_path / str(devices), flags + cache, env={
         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'})
     assert code == 0, output[-3000:]
     assert f'Data parallel over {devices} devices (1 processes)' in output
+    assert ('Cached activations at backbone layer 100' in output) == (cached and devices == 4)
     runs[devices] = tmp_path / str(devices)
   assert_trees_close(final_variables(runs[1]), final_variables(runs[4]), atol=1e-5)
   one, four = (json.loads((runs[d] / 'history.json').read_text()) for d in (1, 4))
@@ -142,7 +150,8 @@ def test_four_local_devices_train_like_one(tiny_run, tmp_path):
 
 WORKER = '''
 import json, sys, jax, ml_collections, numpy as np
-jax.distributed.initialize('127.0.0.1:{port}', 2, int(sys.argv[1]))
+if {processes} > 1:
+  jax.distributed.initialize('127.0.0.1:{port}', {processes}, int(sys.argv[1]))
 from tlflax.train import train_and_evaluate
 config = ml_collections.ConfigDict(json.loads({config!r}))
 result = train_and_evaluate(config, {workdir!r})
@@ -158,20 +167,57 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_end_with_identical_parameters(tiny_run, tmp_path):
-  """`jax.distributed` on 127.0.0.1: two CPU processes, each reading half of every batch, train
-  the whole recipe (checkpoints included) and hold the same parameters at the end."""
-  code = WORKER.format(port=free_port(), config=tiny_run.to_json(), workdir=str(tmp_path))
-  processes = [subprocess.Popen([sys.executable, '-c', code, str(i)], cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-               for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
-  for p, output in zip(processes, outputs):
+def run_workers(config, workdir, processes: int):
+  code = WORKER.format(port=free_port(), config=config.to_json(), workdir=str(workdir),
+                       processes=processes)
+  workers = [subprocess.Popen([sys.executable, '-c', code, str(i)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+             for i in range(processes)]
+  outputs = [p.communicate(timeout=600)[0] for p in workers]
+  for p, output in zip(workers, outputs):
     assert p.returncode == 0, output[-3000:]
-    assert 'devices 2 local 1' in output
-  first, second = (np.load(tmp_path / f'params_{i}.npz') for i in range(2))
+    assert f'devices {processes} local 1' in output
+  return [np.load(workdir / f'params_{i}.npz') for i in range(processes)]
+
+
+def test_two_processes_train_like_one(tiny_run, tmp_path):
+  """`jax.distributed` on 127.0.0.1: two CPU processes, each reading half of every batch, train
+  the whole recipe (checkpoints included) and end with the parameters of one process alone.
+
+  Each process shuffles and augments its own shard, so the data order depends on the process
+  count; with it fixed (no shuffling, augmentation or dropout) a global batch holds the same
+  examples in both runs, and only the summation order may differ."""
+  config = no_augmentation(tiny_run, False)
+  config.data.shuffle_buffer = 1
+  config.model.dropout = 0.0
+  first, second = run_workers(config, tmp_path / 'two', 2)
+  (alone,) = run_workers(config, tmp_path / 'one', 1)
   assert len(first.files) > 100
   for name in first.files:
     np.testing.assert_array_equal(first[name], second[name])
-  assert (tmp_path / 'test_metrics.json').exists()
+    np.testing.assert_allclose(first[name], alone[name], atol=1e-5, rtol=0, err_msg=name)
+  assert (tmp_path / 'two' / 'test_metrics.json').exists()
+
+
+def test_the_activation_cache_is_filled_in_place(tiny_run):
+  """Peak host memory while caching is the cache's own size plus a batch, not twice it (parts
+  then a concatenation), so `compute.cache_limit_gb` is the real limit."""
+  import tracemalloc
+  from tlflax import feeds, parallel
+  from tlflax.data.pipeline import PipelineConfig
+  from tlflax.data.sources import folder_splits
+  mesh = parallel.data_mesh()
+  images = feeds.ImageFeed(folder_splits(tiny_run.data.folder),
+                           PipelineConfig(image_size=96, batch_size=4), mesh)
+  batches = list(images.evaluation('train'))  # decoded before measuring
+  images.evaluation = lambda split: iter(batches)
+  frozen = jax.jit(lambda v, x: {'wide': jnp.tile(x, (1, 1, 1, 8))})  # 884 KB per image
+  jax.block_until_ready(frozen(None, batches[0]['image']))
+  tracemalloc.start()
+  cache = feeds.cache_activations(frozen, None, images, 'train')
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  size = cache['activations']['wide'].nbytes
+  assert cache['activations']['wide'].shape == (24, 96, 96, 24)
+  assert size > 20e6 and peak < 1.3 * size, (peak, size)

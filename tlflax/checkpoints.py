@@ -2,15 +2,25 @@
 
 `WORKDIR/checkpoints/<epoch>/` holds, after every epoch (the last `keep` of them), three items:
 `model` (params and batch_stats: all that evaluation and prediction need), `train` (the whole
-`TrainState`, optimizer included) and `meta` (phase, epoch, class names, history). At the end of each
-phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a temporary folder
-and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
+`TrainState`, optimizer included) and `meta` (phase, epoch, class names, config, history). At the end
+of each phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a temporary
+folder and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
+A checkpoint that does not restore (a damaged file) is skipped for the one before it
+(`restore_newest`).
 """
+import shutil
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from tlflax.errors import CheckpointError, RunError
+
+T = TypeVar('T')
 
 
 class Checkpoints:
@@ -24,13 +34,10 @@ class Checkpoints:
         self.workdir / 'checkpoints', item_names=('model', 'train', 'meta'),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
-  def latest_epoch(self) -> Optional[int]:
-    return self.manager.latest_step()
-
   def save(self, epoch: int, state, meta: dict):
-    model = {'params': state.params, 'batch_stats': state.batch_stats}
+    """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch` (asynchronously)."""
     self.manager.save(epoch, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(state),
+        model=ocp.args.StandardSave(state.variables), train=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave(meta)))
 
   def restore_meta(self, epoch: int) -> dict:
@@ -51,11 +58,52 @@ class Checkpoints:
     """`{'params', 'batch_stats'}` saved at `epoch`, in the structure of `like`."""
     return self._restore(epoch, 'model', like)
 
-  def save_phase(self, name: str, state):
-    path = self.workdir / 'phases' / name
+  def restore_newest(self, restore: Callable[[int], T],
+                     set_aside: bool = False) -> Optional[tuple[int, T]]:
+    """(epoch, `restore(epoch)`) for the newest epoch whose checkpoint restores; None if there
+    is none. A checkpoint that fails to restore is logged and the one before it tried; with
+    `set_aside`, the failed newer ones are then moved to `WORKDIR/corrupt_checkpoints/`, so that
+    training can save those epochs again. `RunError`s (a config that does not match the run)
+    are not damage: they propagate. If no checkpoint restores, raises `CheckpointError`."""
+    failed = []
+    for epoch in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        result = restore(epoch)
+      except RunError:
+        raise
+      except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+        logging.warning('Checkpoint %s does not restore (%s: %s); trying the one before it',
+                        self.manager.directory / str(epoch), type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else '')
+        failed.append(epoch)
+        continue
+      if failed:
+        logging.warning('Using checkpoint %d, the newest that restores', epoch)
+        if set_aside:
+          self._set_aside(failed)
+      return epoch, result
+    if failed:
+      raise CheckpointError(f'none of the checkpoints in {self.manager.directory} restores '
+                            f'(epochs {sorted(failed)}; see the warnings above). Move them away to '
+                            'start this run afresh, or use another workdir.')
+    return None
+
+  def _set_aside(self, epochs):
+    if jax.process_index() == 0:
+      target = self.workdir / 'corrupt_checkpoints'
+      target.mkdir(exist_ok=True)
+      for epoch in epochs:
+        destination = target / f'{epoch}-{time.strftime("%Y%m%d-%H%M%S")}'
+        shutil.move(self.manager.directory / str(epoch), destination)
+        logging.warning('Moved the damaged checkpoint of epoch %d to %s', epoch, destination)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('tlflax: damaged checkpoints set aside')
+    self.manager.reload()
+
+  def save_phase(self, name: str, variables: dict):
+    """Keeps `variables` (`{'params', 'batch_stats'}`) as phase `name`'s final model."""
     with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(path, {'params': state.params, 'batch_stats': state.batch_stats},
-                        force=True)
+      checkpointer.save(self.workdir / 'phases' / name, variables, force=True)
 
   def close(self):
     self.manager.wait_until_finished()

@@ -1,6 +1,7 @@
 """The tutorial's classifier: a MobileNetV2 backbone, global average pooling, dropout, one logit."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from tlflax import weights
@@ -39,6 +40,12 @@ class Classifier(nn.Module):
   def frozen_activations(self, images, stop: int) -> dict:
     """What backbone layers `stop...` need from the layers below (see `MobileNetV2`)."""
     return self.backbone(images, train=False, stop=stop)
+
+
+def class_probabilities(logits, class_names) -> tuple[list[str], np.ndarray]:
+  """The predicted class name of each logit, and the probability of that class."""
+  p = np.asarray(jax.nn.sigmoid(logits))
+  return [class_names[int(q > 0.5)] for q in p], np.where(p > 0.5, p, 1 - p)
 
 
 def backbone_layers(model: Classifier):

@@ -57,6 +57,26 @@ def cache_bytes(model: Classifier, variables, image_size: int, boundary: int,
   return examples * sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
 
 
+def cache_activations(frozen, variables, images: ImageFeed, split: str) -> dict:
+  """{'activations': `frozen(variables, images)`, 'label': (n,)} for this process's shard of
+  `split`, filled into arrays allocated once for the padded pass (so the cache takes its own size
+  in memory, not twice that)."""
+  cache, filled = None, 0
+  for batch in images.evaluation(split):
+    rows = {'activations': frozen(variables, batch['image']),
+            'label': batch['label'], 'mask': batch['mask']}
+    rows = parallel.to_process_local(rows, images.mesh)
+    keep = np.asarray(rows.pop('mask'))
+    if cache is None:
+      size = eval_indices(images.splits[split], images.config).size
+      cache = jax.tree.map(lambda a: np.empty((size, *a.shape[1:]), a.dtype), rows)
+    kept = int(keep.sum())
+    for whole, part in zip(jax.tree.leaves(cache), jax.tree.leaves(rows)):
+      whole[filled:filled + kept] = np.asarray(part)[keep]
+    filled += kept
+  return jax.tree.map(lambda a: a[:filled], cache)
+
+
 class CachedFeed:
   """Batches of the frozen part's activations at `boundary`, computed once per split.
 
@@ -71,21 +91,11 @@ class CachedFeed:
     frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
                                               method=Classifier.frozen_activations))
     started = time.perf_counter()
-    self.cache = {name: self._compute(frozen, variables, name) for name in split_names}
+    self.cache = {name: cache_activations(frozen, variables, images, name)
+                  for name in split_names}
     self.cache_seconds = time.perf_counter() - started
     logging.info('Cached activations at backbone layer %d for %s in %.1f s', boundary,
                  ', '.join(split_names), self.cache_seconds)
-
-  def _compute(self, frozen, variables, split: str) -> dict:
-    """{'activations': {layer name: (n, ...)}, 'label': (n,)} for this process's shard."""
-    parts = []
-    for batch in self.images.evaluation(split):
-      rows = {'activations': frozen(variables, batch['image']),
-              'label': batch['label'], 'mask': batch['mask']}
-      rows = parallel.to_process_local(rows, self.images.mesh)
-      keep = np.asarray(rows.pop('mask'))
-      parts.append(jax.tree.map(lambda a: np.asarray(a)[keep], rows))
-    return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
   def _batches(self, split: str, positions) -> Iterator[dict]:
     cache = self.cache[split]

@@ -25,6 +25,11 @@ class TrainState:
     return cls(step=jnp.asarray(step, jnp.int32), params=variables['params'],
                batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
 
+  @property
+  def variables(self) -> dict:
+    """`{'params', 'batch_stats'}`: the model's variables, as `model.apply` takes them."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
 
 def model_inputs(batch: dict):
   """A batch's images, or the cached activations that stand in for them (`tlflax.feeds`)."""

@@ -1,22 +1,27 @@
-"""The two-phase transfer-learning recipe: config in, trained model and reports in the workdir.
+"""The transfer-learning recipe: config in, trained model and reports in the workdir.
 
 `train_and_evaluate(config, workdir)` builds data, model, per-phase optimizers and checkpoints from
-the config, evaluates before training, trains phase after phase (a new phase starts from the previous
-phase's parameters with a fresh optimizer), evaluates on the test split and writes:
+the config, evaluates before training, runs the phases in `config.phase_order` (a new phase starts
+from the previous phase's parameters with a fresh optimizer), evaluates on the test split and writes:
 
     config.json, history.json, test_metrics.json, learning_curves.png, predictions.png,
     final_variables.msgpack, checkpoints/<epoch>/, phases/<phase name>/
 
-Started again on the same workdir, it resumes after the last saved epoch (same phase, optimizer
-state, step, data order and dropout keys) and ends with the parameters of an uninterrupted run.
+Started again on the same workdir, it resumes after the newest checkpoint that restores: the
+checkpoint's global epoch and the config's phase lengths give the phase and the epoch inside it,
+and the run ends with the parameters of an uninterrupted one. The workdir's run must have been made
+with the same config (else `ConfigError` lists what differs; `allow_config_change` continues with
+the new values where that is possible). A NaN or infinite loss stops the run (`TrainingDiverged`)
+before the diverged state is checkpointed.
 """
 import dataclasses
 import functools
-import glob
-import itertools
 import json
+import math
+import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +34,10 @@ from tqdm import tqdm
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
 from tlflax import feeds, optim, parallel, plots
-from tlflax.classifier import Classifier, backbone_layers, init_variables
-from tlflax.data import sources, transforms
-from tlflax.data.folders import DataError, IMAGE_EXTENSIONS
+from tlflax.classifier import Classifier, backbone_layers, class_probabilities, init_variables
+from tlflax.data import sources
 from tlflax.data.pipeline import PipelineConfig, eval_dataset, train_steps
+from tlflax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from tlflax.steps import TrainState, make_eval_step, make_train_step
 
 
@@ -44,12 +49,13 @@ def make_model(config) -> Classifier:
 
 def check_config(config):
   """Fails with `ConfigError` naming the key, before any work, if `config` cannot run."""
-  config_lib.validate(config, len(backbone_layers(make_model(config))))
+  config_lib.validate(config, lambda: len(backbone_layers(make_model(config))))
 
 
 def load_splits(config) -> dict:
   if config.data.folder:
-    return sources.folder_splits(config.data.folder, seed=config.seed)
+    return sources.folder_splits(config.data.folder, seed=config.seed,
+                                 max_pixels=config.data.max_pixels)
   return sources.tfds_splits(config.data.tfds_name, config.data.split_scheme,
                              config.data.data_dir or None)
 
@@ -57,7 +63,22 @@ def load_splits(config) -> dict:
 def pipeline_config(config) -> PipelineConfig:
   return PipelineConfig(image_size=config.image_size, batch_size=config.batch_size,
                         shuffle_buffer=config.data.shuffle_buffer, flip=config.data.flip,
-                        rotation_factor=config.data.rotation_factor, seed=config.seed)
+                        rotation_factor=config.data.rotation_factor, seed=config.seed,
+                        max_pixels=config.data.max_pixels)
+
+
+def config_as_json(config) -> dict:
+  """The resolved config as plain JSON values (what `config.json` and checkpoints record)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def write_json(path: Path, value):
+  """Strict JSON (no NaN or Infinity), written to a temporary file and renamed into place, so a
+  crash never leaves a truncated file."""
+  text = json.dumps(value, indent=2, allow_nan=False)
+  temporary = path.with_name(f'.{path.name}.tmp')
+  temporary.write_text(text)
+  os.replace(temporary, path)
 
 
 class _MetricSums:
@@ -84,49 +105,120 @@ def evaluate(eval_step, variables: dict, batches) -> dict:
   return sums.means()
 
 
-PROGRESS_EVERY = 10  # steps between progress-bar metrics (each read waits for the device)
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A phase of the run, placed on the run's global epoch count."""
+  name: str
+  settings: ml_collections.ConfigDict  # epochs, optimizer, learning_rate, fine_tune_at
+  first_epoch: int  # global epochs before it
+
+  @property
+  def last_epoch(self) -> int:
+    return self.first_epoch + self.settings.epochs
 
 
-def _train_epoch(train_step, state, batches, total_steps: int, description: str):
-  """One epoch with a progress bar; returns the state, mean training loss and accuracy, the
-  first step's time (compilation included on a phase's first epoch) and images/s after it."""
-  sums = _MetricSums()
-  start = time.perf_counter()
-  with tqdm(total=total_steps, desc=description, unit='batch', leave=False, disable=None) as bar:
-    for steps, batch in enumerate(batches, 1):
-      state, metrics = train_step(state, batch)
-      sums.add(metrics)
-      if steps == 1:
-        jax.block_until_ready(metrics)
-        first_step_end = time.perf_counter()
-      elif steps % PROGRESS_EVERY == 0:
-        bar.set_postfix({k: f'{v:.4f}' for k, v in sums.means().items()})
-      bar.update(1)
-  means = sums.means()  # waits for the last step
-  end = time.perf_counter()
-  rate = (float(sums.sums['count']) * (steps - 1) / steps / (end - first_step_end)
-          if steps > 1 else float('nan'))
-  return state, {**means, 'images_per_second': rate,
-                 'first_step_seconds': first_step_end - start}
+def phase_plan(config) -> list[Phase]:
+  """The phases in `config.phase_order`, each with the global epochs that precede it."""
+  plan, first = [], 0
+  for name, settings in config_lib.ordered_phases(config):
+    plan.append(Phase(name, settings, first))
+    first += settings.epochs
+  return plan
 
 
-def _write_json(path: Path, value):
-  path.write_text(json.dumps(value, indent=2))
+def locate(plan: list[Phase], epoch: int) -> tuple[Phase, int]:
+  """The phase that trains global epoch `epoch` (>= 1), and its epochs done after it."""
+  for phase in plan:
+    if phase.first_epoch < epoch <= phase.last_epoch:
+      return phase, epoch - phase.first_epoch
+  raise ConfigError(f'the config has {plan[-1].last_epoch} epochs in all; the workdir has a '
+                    f'checkpoint of epoch {epoch}')
 
 
-def _phase_feed(config, model, variables, image_feed, boundary: int):
-  """Cached activations at `boundary` when the config asks and they fit; else the image feed."""
-  if not config.compute.cache_frozen:
-    return image_feed
-  examples = sum(image_feed.splits[name].num_examples for name in ('train', 'validation'))
-  size = feeds.cache_bytes(model, variables, config.image_size, boundary,
-                          examples // jax.process_count())
-  if size > config.compute.cache_limit_gb * 1e9:
-    logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
-                    'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
-                    config.compute.cache_limit_gb)
-    return image_feed
-  return feeds.CachedFeed(model, variables, image_feed, boundary)
+@dataclasses.dataclass
+class Run:
+  """What the phases of one run share, built from the config."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  allow_config_change: bool
+  mesh: jax.sharding.Mesh
+  splits: dict
+  class_names: list
+  model: Classifier
+  image_feed: feeds.ImageFeed
+  abstract: dict  # shapes of {'params', 'batch_stats'}
+  eval_step: object
+  checkpoints: checkpoints_lib.Checkpoints
+  primary: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
+
+  @classmethod
+  def create(cls, config, workdir, allow_config_change: bool) -> 'Run':
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    logging.info('Data parallel over %d devices (%d processes): %d images per device per step',
+                 mesh.size, jax.process_count(), config.batch_size // mesh.size)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(config)
+    class_names = list(splits['train'].class_names)
+    if len(class_names) != 2:
+      raise DataError(f'the classifier is binary; the data has classes {class_names}')
+    model = make_model(config)
+    abstract = jax.eval_shape(lambda: init_variables(model, config.image_size, jax.random.key(0),
+                                                     'none'))
+    return cls(config, workdir, allow_config_change, mesh, splits, class_names, model,
+               feeds.ImageFeed(splits, pipeline_config(config), mesh, config.compute.prefetch),
+               abstract, make_eval_step(model.apply, mesh),
+               checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
+                                           parallel.replicated(mesh)))
+
+  def rngs(self):
+    """(initialization key, dropout key) from the config's seed."""
+    return jax.random.split(jax.random.key(self.config.seed))
+
+  def optimizer(self, phase: Phase):
+    """(labels, optax transformation) of a phase: its frozen and trainable parameters."""
+    labels = optim.param_labels(self.abstract['params'], backbone_layers(self.model),
+                                phase.settings.fine_tune_at)
+    return labels, optim.make_optimizer(phase.settings.optimizer, phase.settings.learning_rate,
+                                        labels)
+
+
+@dataclasses.dataclass
+class Position:
+  """Where training stands: after global epoch `epoch` and step `step`."""
+  epoch: int
+  step: int
+  variables: dict  # {'params', 'batch_stats'} on the mesh
+  history: dict  # what history.json holds
+  state: Optional[TrainState] = None  # mid-phase: the phase's train state, optimizer included
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
+                       allow_config_change: bool = False) -> 'TrainResult':
+  """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model."""
+  check_config(config)
+  run = Run.create(config, workdir, allow_config_change)
+  position = _restore_or_initialize(run)
+  if 'initial' not in position.history:  # the tutorial's loss0 / accuracy0
+    initial = _checked(evaluate(run.eval_step, position.variables,
+                                run.image_feed.evaluation('validation')), 'before training')
+    position.history['initial'] = {'val_loss': initial['loss'],
+                                   'val_accuracy': initial['accuracy']}
+    logging.info('Before training: val_loss %.4f, val_accuracy %.4f', initial['loss'],
+                 initial['accuracy'])
+  for phase in phase_plan(config):
+    if position.epoch < phase.last_epoch:
+      position = _run_phase(run, phase, position)
+  run.checkpoints.close()
+  history = position.history
+  history['test'] = evaluate(run.eval_step, position.variables, run.image_feed.evaluation('test'))
+  logging.info('Test: loss %.4f, accuracy %.4f', history['test']['loss'],
+               history['test']['accuracy'])
+  variables = parallel.to_host(position.variables)
+  if run.primary:
+    _write_reports(run, history, variables)
+  return TrainResult(history, variables)
 
 
 @dataclasses.dataclass
@@ -135,202 +227,268 @@ class TrainResult:
   variables: dict  # the final {'params', 'batch_stats'} as host NumPy arrays
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainResult:
-  """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model."""
-  check_config(config)
-  mesh = parallel.data_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  logging.info('Data parallel over %d devices (%d processes): %d images per device per step',
-               mesh.size, jax.process_count(), config.batch_size // mesh.size)
-  primary = jax.process_index() == 0  # writes the reports; every process checkpoints (orbax)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if primary:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  splits = load_splits(config)
-  class_names = list(splits['train'].class_names)
-  if len(class_names) != 2:
-    raise DataError(f'the classifier is binary; the data has classes {class_names}')
-  data_config = pipeline_config(config)
-  image_feed = feeds.ImageFeed(splits, data_config, mesh, config.compute.prefetch)
-  model = make_model(config)
-  layers = backbone_layers(model)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  abstract = jax.eval_shape(lambda: init_variables(model, config.image_size, init_rng, 'none'))
-  eval_step = make_eval_step(model.apply, mesh)
-  checkpoints = checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
-                                            parallel.replicated(mesh))
-  resume_epoch = checkpoints.latest_epoch()
-  if resume_epoch is None:
-    carried = parallel.replicate(
-        init_variables(model, config.image_size, init_rng, config.model.weights), mesh)
-    meta = {'phase': 0, 'phase_epochs_done': 0, 'epoch': 0, 'step': 0,
-            'class_names': class_names, 'history': {'epochs': [], 'phases': {}}}
-  else:
-    meta = checkpoints.restore_meta(resume_epoch)
-    logging.info('Resuming from %s after epoch %d', workdir, resume_epoch)
-  history = meta['history']
+def _restore_or_initialize(run: Run) -> Position:
+  """The newest checkpoint that restores, checked against the config; else a fresh start."""
+  def restore(epoch):
+    meta = _checkpoint_meta(run.checkpoints, epoch)
+    changed = _config_changes(run, meta['config'])
+    phase, done = _check_resume(run, meta, epoch, changed)
+    if done < phase.settings.epochs:  # mid-phase: the optimizer state too
+      _, tx = run.optimizer(phase)
+      state = run.checkpoints.restore_state(
+          epoch, jax.eval_shape(lambda: TrainState.create(run.abstract, tx)))
+      return Position(epoch, meta['step'], state.variables, meta['history'], state), changed
+    return Position(epoch, meta['step'], run.checkpoints.restore_model(epoch, run.abstract),
+                    meta['history']), changed
 
-  for phase_index, (phase_name, phase) in enumerate(config.phases.items()):
-    if phase_index < meta['phase']:
-      continue
-    labels = optim.param_labels(abstract['params'], layers, phase.fine_tune_at)
-    tx = optim.make_optimizer(phase.optimizer, phase.learning_rate, labels)
-    done, state = 0, None
-    if resume_epoch is not None:  # the phase of the last saved epoch
-      done = meta['phase_epochs_done']
-      if done < phase.epochs:
-        state = checkpoints.restore_state(
-            resume_epoch, jax.eval_shape(lambda: TrainState.create(abstract, tx)))
-      else:
-        carried = checkpoints.restore_model(resume_epoch, abstract)
-      resume_epoch = None
-    if state is None:
-      state = TrainState.create(carried, tx, meta['step'])
-    counts = optim.count_params(state.params, labels)
-    logging.info('Phase %s: %s epochs, %s at %g, fine_tune_at %s; trainable params %s, frozen %s',
-                 phase_name, phase.epochs, phase.optimizer, phase.learning_rate,
-                 phase.fine_tune_at, f"{counts['trainable']:,}", f"{counts['frozen']:,}")
-    if 'initial' not in history:  # the tutorial's loss0 / accuracy0
-      initial = evaluate(eval_step, carried, image_feed.evaluation('validation'))
-      history['initial'] = {'val_loss': initial['loss'], 'val_accuracy': initial['accuracy']}
-      logging.info('Before training: val_loss %.4f, val_accuracy %.4f',
-                   initial['loss'], initial['accuracy'])
-    phase_start = time.perf_counter()  # from here: caches, compilation, epochs and validation
-    if done == phase.epochs:
-      feed = image_feed
-    else:
-      feed = _phase_feed(config, model, {'params': state.params, 'batch_stats': state.batch_stats},
-                         image_feed, feeds.cache_boundary(phase.fine_tune_at, len(layers)))
-    apply_fn = functools.partial(model.apply, start=feed.start)
-    train_step = make_train_step(apply_fn, tx, labels, dropout_rng, mesh)
-    phase_eval_step = make_eval_step(apply_fn, mesh) if feed.start else eval_step
-    steps = train_steps(splits['train'], data_config)
-    for phase_epoch in range(done, phase.epochs):
-      epoch = meta['epoch'] + 1
-      description = f'{phase_name} {phase_epoch + 1}/{phase.epochs}'
-      state, train_metrics = _train_epoch(train_step, state, feed.train(epoch - 1), steps,
-                                          description)
-      validation_start = time.perf_counter()
-      validation = evaluate(phase_eval_step,
-                            {'params': state.params, 'batch_stats': state.batch_stats},
-                            feed.evaluation('validation'))
-      record = {'phase': phase_name, 'epoch': epoch, **train_metrics,
-                'val_loss': validation['loss'], 'val_accuracy': validation['accuracy'],
-                'val_images_per_second': splits['validation'].num_examples
-                                         / (time.perf_counter() - validation_start)}
-      history['epochs'].append(record)
-      logging.info('Epoch %d (%s %d/%d): loss %.4f, accuracy %.4f, val_loss %.4f, '
-                   'val_accuracy %.4f, %.1f images/s', epoch, phase_name, phase_epoch + 1,
-                   phase.epochs, record['loss'], record['accuracy'], record['val_loss'],
-                   record['val_accuracy'], record['images_per_second'])
-      history['phases'][phase_name] = {
-          'seconds': time.perf_counter() - phase_start, 'cached_from_layer': feed.start or None,
-          'cache_seconds': feed.cache_seconds}
-      meta.update(phase=phase_index, phase_epochs_done=phase_epoch + 1, epoch=epoch,
-                  step=int(state.step), history=history)
-      checkpoints.save(epoch, state, meta)
-      if primary:
-        _write_json(workdir / 'history.json', history)
-    checkpoints.save_phase(phase_name, state)
-    carried = {'params': state.params, 'batch_stats': state.batch_stats}
-    meta.update(phase=phase_index + 1, phase_epochs_done=0)
-  if resume_epoch is not None:  # every phase had finished: only the reports were left
-    carried = checkpoints.restore_model(resume_epoch, abstract)
-  checkpoints.close()
-
-  history['test'] = evaluate(eval_step, carried, image_feed.evaluation('test'))
-  logging.info('Test: loss %.4f, accuracy %.4f', history['test']['loss'],
-               history['test']['accuracy'])
-  carried = parallel.to_host(carried)
-  if primary:
-    _write_json(workdir / 'history.json', history)
-    _write_json(workdir / 'test_metrics.json', history['test'])
-    (workdir / 'final_variables.msgpack').write_bytes(serialization.to_bytes(carried))
-    if history['epochs']:
-      plots.learning_curves(history, workdir / 'learning_curves.png')
-    _plot_test_predictions(model, carried, splits['test'], data_config, class_names,
-                           workdir / 'predictions.png')
-  return TrainResult(history, carried)
+  restored = run.checkpoints.restore_newest(restore, set_aside=True)
+  if restored is not None:
+    epoch, (position, changed) = restored
+    logging.info('Resuming from %s after epoch %d', run.workdir, epoch)
+    _write_config(run, changed, epoch)
+    return position
+  config_path = run.workdir / 'config.json'
+  stored = json.loads(config_path.read_text()) if config_path.is_file() else None
+  _write_config(run, _config_changes(run, stored), 0)
+  init_rng, _ = run.rngs()
+  variables = init_variables(run.model, run.config.image_size, init_rng, run.config.model.weights)
+  return Position(0, 0, parallel.replicate(variables, run.mesh), {'epochs': [], 'phases': {}})
 
 
-def _plot_test_predictions(model, variables, source, config, class_names, path):
-  """The tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)."""
-  shuffled = dataclasses.replace(source, dataset=source.dataset.shuffle(1000, seed=config.seed))
-  batch = next(eval_dataset(shuffled, config).as_numpy_iterator())
-  logits = jax.jit(model.apply)(variables, batch['image'][:9])
-  names, probabilities = _classes_and_probabilities(logits, class_names)
-  plots.prediction_grid(batch['image'][:9], names, probabilities, path)
+META_KEYS = ('phase', 'phase_epoch', 'epoch', 'step', 'class_names', 'config', 'history')
 
 
-def _classes_and_probabilities(logits, class_names):
-  """Predicted class names and the probability of each predicted class."""
-  p = np.asarray(jax.nn.sigmoid(logits))
-  return [class_names[int(q > 0.5)] for q in p], np.where(p > 0.5, p, 1 - p)
+def _checkpoint_meta(checkpoints, epoch: int) -> dict:
+  meta = checkpoints.restore_meta(epoch)
+  missing = [key for key in META_KEYS if key not in meta]
+  if missing:
+    raise CheckpointError(f'the checkpoint of epoch {epoch} in {checkpoints.workdir} lacks '
+                          f'{missing}: it was written by an older tlflax. Use another workdir.')
+  return meta
 
 
-def _restore_latest_model(config, workdir, mesh):
+def _check_resume(run: Run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, int]:
+  """The phase and epochs done that checkpoint `epoch` stands for under the run's config, which
+  may differ from the checkpoint's (`changed`) only where the run can still continue."""
+  if meta['class_names'] != run.class_names:
+    raise DataError(f'{run.workdir} holds a run on classes {meta["class_names"]}; the data now has '
+                    f'{run.class_names}. Use another workdir.')
+  phase, done = locate(phase_plan(run.config), epoch)
+  if (phase.name, done) != (meta['phase'], meta['phase_epoch']):
+    raise ConfigError(f'cannot continue {run.workdir}: its epoch {epoch} was epoch '
+                      f'{meta["phase_epoch"]} of phase {meta["phase"]!r}, and the config now makes '
+                      f'it epoch {done} of phase {phase.name!r}. Use another workdir.')
+  structural = {'model.alpha'}
+  if done < phase.settings.epochs:  # the optimizer state carries on
+    structural |= {f'phases.{phase.name}.{key}' for key in ('fine_tune_at', 'optimizer')}
+  blocking = sorted(structural & set(changed))
+  if blocking:
+    raise ConfigError(f'cannot continue {run.workdir} with a new {", ".join(blocking)}: the '
+                      'checkpoint holds parameters or optimizer state of another shape. Use '
+                      'another workdir.')
+  return phase, done
+
+
+def _config_changes(run: Run, stored: Optional[dict]) -> dict:
+  """{key: (stored, now)} where the run's config differs from the `stored` one of the workdir's
+  run (`config_lib.differences`); any difference is a `ConfigError` unless `allow_config_change`."""
+  changed = config_lib.differences(stored, config_as_json(run.config)) if stored else {}
+  if changed and not run.allow_config_change:
+    raise ConfigError(f'{run.workdir} holds a run made with another config '
+                      f'({_listing(changed)}). Use another workdir, or pass '
+                      '--allow_config_change to continue this run with the new values.')
+  return changed
+
+
+def _listing(changed: dict) -> str:
+  return '; '.join(f'{key}: {old!r} -> {new!r}' for key, (old, new) in changed.items())
+
+
+def _write_config(run: Run, changed: dict, epoch: int):
+  """config.json := the run's config. A config it replaces (`changed`) is kept as
+  config.before_epoch_<epoch>.json."""
+  if not run.primary:
+    return
+  config_path = run.workdir / 'config.json'
+  if changed:
+    logging.warning('Continuing %s with a changed config: %s', run.workdir, _listing(changed))
+    os.replace(config_path, run.workdir / f'config.before_epoch_{epoch}.json')
+  write_json(config_path, config_as_json(run.config))
+
+
+def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
+  """Trains `phase` from `position` to its last epoch, checkpointing after every epoch."""
+  labels, tx = run.optimizer(phase)
+  state = position.state or TrainState.create(position.variables, tx, position.step)
+  settings, history = phase.settings, position.history
+  counts = optim.count_params(state.params, labels)
+  logging.info('Phase %s: %s epochs, %s at %g, fine_tune_at %s; trainable params %s, frozen %s',
+               phase.name, settings.epochs, settings.optimizer, settings.learning_rate,
+               settings.fine_tune_at, f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+  phase_start = time.perf_counter()  # from here: caches, compilation, epochs and validation
+  feed = _phase_feed(run, state.variables, feeds.cache_boundary(
+      settings.fine_tune_at, len(backbone_layers(run.model))))
+  apply_fn = functools.partial(run.model.apply, start=feed.start)
+  _, dropout_rng = run.rngs()
+  train_step = make_train_step(apply_fn, tx, labels, dropout_rng, run.mesh)
+  eval_step = make_eval_step(apply_fn, run.mesh) if feed.start else run.eval_step
+  for epoch in range(position.epoch + 1, phase.last_epoch + 1):
+    state, record = _run_epoch(run, phase, epoch, state, train_step, eval_step, feed)
+    history['epochs'].append(record)
+    history['phases'][phase.name] = {
+        'seconds': time.perf_counter() - phase_start, 'cached_from_layer': feed.start or None,
+        'cache_seconds': feed.cache_seconds}
+    if epoch == phase.last_epoch:  # before the epoch's checkpoint, which marks the phase done
+      run.checkpoints.save_phase(phase.name, state.variables)
+    run.checkpoints.save(epoch, state, {
+        'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
+        'step': int(state.step), 'class_names': run.class_names,
+        'config': config_as_json(run.config), 'history': history})
+    if run.primary:
+      write_json(run.workdir / 'history.json', history)
+  return Position(phase.last_epoch, int(state.step), state.variables, history)
+
+
+def _run_epoch(run: Run, phase: Phase, epoch: int, state, train_step, eval_step, feed):
+  """One epoch of `phase` and its validation; (state, the epoch's history record)."""
+  phase_epoch = epoch - phase.first_epoch
+  where = f'phase {phase.name!r}, epoch {phase_epoch}/{phase.settings.epochs} (global {epoch})'
+  state, train_metrics = _train_epoch(
+      train_step, state, feed.train(epoch - 1),
+      train_steps(run.splits['train'], run.image_feed.config), where)
+  validation_start = time.perf_counter()
+  validation = _checked(evaluate(eval_step, state.variables, feed.evaluation('validation')),
+                        f'validation after {where}')
+  record = {'phase': phase.name, 'epoch': epoch, **train_metrics,
+            'val_loss': validation['loss'], 'val_accuracy': validation['accuracy'],
+            'val_images_per_second': run.splits['validation'].num_examples
+                                     / (time.perf_counter() - validation_start)}
+  logging.info('Epoch %d (%s %d/%d): loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, '
+               '%s images/s', epoch, phase.name, phase_epoch, phase.settings.epochs,
+               record['loss'], record['accuracy'], record['val_loss'], record['val_accuracy'],
+               'n/a' if record['images_per_second'] is None
+               else f"{record['images_per_second']:.1f}")
+  return state, record
+
+
+def _checked(metrics: dict, where: str) -> dict:
+  """`metrics`, if their loss is finite; else `TrainingDiverged` saying `where`."""
+  if not math.isfinite(metrics['loss']):
+    raise TrainingDiverged(f'the validation loss is {metrics["loss"]} ({where}): the model '
+                           'diverged or its weights are broken. The last checkpoint is the last '
+                           'good state.')
+  return metrics
+
+
+PROGRESS_EVERY = 10  # steps between progress-bar metrics (each read waits for the device)
+
+
+def _train_epoch(train_step, state, batches, total_steps: int, where: str):
+  """One epoch with a progress bar; returns the state and the epoch's mean training loss and
+  accuracy, first step's time (compilation included on a phase's first epoch) and images/s after
+  it (None for a one-step epoch). Every `PROGRESS_EVERY` steps and at the end, a non-finite loss
+  raises `TrainingDiverged` naming the first step that had one."""
+  sums, unread = _MetricSums(), []
+  start = time.perf_counter()
+  with tqdm(total=total_steps, desc=where, unit='batch', leave=False, disable=None) as bar:
+    for steps, batch in enumerate(batches, 1):
+      state, metrics = train_step(state, batch)
+      sums.add(metrics)
+      unread.append(metrics)
+      if steps == 1:
+        jax.block_until_ready(metrics)
+        first_step_end = time.perf_counter()
+      if steps % PROGRESS_EVERY == 0:
+        means = _finite_training_means(sums, unread, steps, where)
+        bar.set_postfix({k: f'{v:.4f}' for k, v in means.items()})
+        unread = []
+      bar.update(1)
+  means = _finite_training_means(sums, unread, steps, where)  # waits for the last step
+  end = time.perf_counter()
+  rate = (float(sums.sums['count']) * (steps - 1) / steps / (end - first_step_end)
+          if steps > 1 else None)
+  return state, {**means, 'images_per_second': rate,
+                 'first_step_seconds': first_step_end - start}
+
+
+def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: str) -> dict:
+  """`sums.means()` after `steps` steps, checking that none of the `unread` last steps' losses
+  (the sums were finite before them) is NaN or infinite."""
+  means = sums.means()
+  if not math.isfinite(means['loss']):
+    losses = [float(m['loss']) for m in unread]
+    bad = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
+    raise TrainingDiverged(f'the training loss is {losses[bad]} at step '
+                           f'{steps - len(unread) + 1 + bad} of {where}: training diverged (try a '
+                           'lower learning rate). Nothing of this epoch was saved; the last '
+                           'checkpoint is the last good state.')
+  return means
+
+
+def _phase_feed(run: Run, variables, boundary: int):
+  """Cached activations at `boundary` when the config asks and they fit; else the image feed."""
+  compute = run.config.compute
+  if not compute.cache_frozen:
+    return run.image_feed
+  examples = sum(run.splits[name].num_examples for name in ('train', 'validation'))
+  size = feeds.cache_bytes(run.model, variables, run.config.image_size, boundary,
+                          examples // jax.process_count())
+  if size > compute.cache_limit_gb * 1e9:
+    logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
+                    'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
+                    compute.cache_limit_gb)
+    return run.image_feed
+  return feeds.CachedFeed(run.model, variables, run.image_feed, boundary)
+
+
+def _write_reports(run: Run, history: dict, variables: dict):
+  """history.json, test_metrics.json, final_variables.msgpack and the two figures."""
+  write_json(run.workdir / 'history.json', history)
+  write_json(run.workdir / 'test_metrics.json', history['test'])
+  final = run.workdir / 'final_variables.msgpack'
+  final.with_name('.final_variables.tmp').write_bytes(serialization.to_bytes(variables))
+  os.replace(final.with_name('.final_variables.tmp'), final)
+  if history['epochs']:
+    plots.learning_curves(history, run.workdir / 'learning_curves.png')
+  # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)
+  test = run.splits['test']
+  shuffled = dataclasses.replace(test, dataset=test.dataset.shuffle(1000, seed=run.config.seed))
+  batch = next(eval_dataset(shuffled, run.image_feed.config).as_numpy_iterator())
+  logits = jax.jit(run.model.apply)(variables, batch['image'][:9])
+  names, probabilities = class_probabilities(logits, run.class_names)
+  plots.prediction_grid(batch['image'][:9], names, probabilities,
+                        run.workdir / 'predictions.png')
+
+
+def restore_for_inference(config, workdir, mesh) -> tuple[Classifier, dict, list]:
+  """(model, variables, class names) of the workdir's newest checkpoint that restores."""
   model = make_model(config)
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh))
-  epoch = checkpoints.latest_epoch()
-  if epoch is None:
-    raise DataError(f'{workdir} has no checkpoint to use; train first')
   abstract = jax.eval_shape(lambda: init_variables(
       model, config.image_size, jax.random.key(0), 'none'))
-  variables = checkpoints.restore_model(epoch, abstract)
-  class_names = checkpoints.restore_meta(epoch)['class_names']
+
+  def restore(epoch):
+    meta = _checkpoint_meta(checkpoints, epoch)
+    trained_alpha = meta['config']['model']['alpha']
+    if trained_alpha != config.model.alpha:
+      raise ConfigError(f'{workdir} holds a model with model.alpha={trained_alpha}; the config '
+                        f'has {config.model.alpha}')
+    return checkpoints.restore_model(epoch, abstract), meta['class_names']
+
+  restored = checkpoints.restore_newest(restore)
   checkpoints.close()
+  if restored is None:
+    raise DataError(f'{workdir} has no checkpoint to use; train first')
+  variables, class_names = restored[1]
   return model, variables, class_names
 
 
 def evaluate_checkpoint(config, workdir) -> dict:
-  """Test loss and accuracy of the workdir's latest checkpoint."""
+  """Test loss and accuracy of the workdir's newest checkpoint."""
   check_config(config)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  model, variables, _ = _restore_latest_model(config, workdir, mesh)
+  model, variables, _ = restore_for_inference(config, workdir, mesh)
   feed = feeds.ImageFeed(load_splits(config), pipeline_config(config), mesh,
                          config.compute.prefetch)
   return evaluate(make_eval_step(model.apply, mesh), variables, feed.evaluation('test'))
-
-
-def list_images(inputs: str) -> list[Path]:
-  """A file, a folder (searched recursively) or a glob pattern -> image paths, sorted."""
-  path = Path(inputs).expanduser()
-  if path.is_file():
-    return [path]
-  candidates = path.rglob('*') if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
-  images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-  if not images:
-    raise DataError(f'no images found at {inputs}')
-  return images
-
-
-def _readable_images(paths: list[Path], image_size: int):
-  """(path, preprocessed image) for each path that decodes; warns about the others."""
-  for path in paths:
-    try:
-      yield path, transforms.preprocess(path.read_bytes(), image_size).numpy()
-    except Exception as e:  # TF raises assorted errors for files that are not images
-      logging.warning('skipped %s: not a readable image (%s)', path, type(e).__name__)
-
-
-def predict(config, workdir, inputs: str) -> list[tuple[str, str, float]]:
-  """Classifies images with the latest checkpoint, `batch_size` at a time (the last batch is
-  padded, so one compilation serves all); writes WORKDIR/predictions.csv."""
-  check_config(config)
-  model, variables, class_names = _restore_latest_model(config, workdir, parallel.data_mesh())
-  apply = jax.jit(model.apply)
-  images = _readable_images(list_images(inputs), config.image_size)
-  rows = []
-  while chunk := list(itertools.islice(images, config.batch_size)):
-    paths, arrays = zip(*chunk)
-    batch = np.zeros((config.batch_size, *arrays[0].shape), np.float32)
-    batch[:len(arrays)] = arrays
-    names, probabilities = _classes_and_probabilities(apply(variables, batch)[:len(paths)],
-                                                      class_names)
-    rows.extend(zip(map(str, paths), names, map(float, probabilities)))
-  with open(Path(workdir) / 'predictions.csv', 'w') as f:
-    f.write('path,label,probability\n')
-    f.writelines(f'{p},{label},{prob:.6f}\n' for p, label, prob in rows)
-  return rows

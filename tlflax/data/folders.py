@@ -1,29 +1,31 @@
 """A local image folder in ImageFolder layout: `root/{train,validation[,test]}/{class}/*.jpg`.
 
 Classes are the sub-folders of `train/` in sorted order (label i = i-th name). Before any training,
-every file is checked: files that are not images by extension and images that do not decode are
-skipped with a counted warning; a wrong root, a missing `train/`, a class folder missing from a split
+every file is checked: files that are not images by extension, images that do not decode and images
+over `max_pixels` (read from the file's header; JPEGs count at 1/8 scale, see
+`transforms.decode_rgb`) are skipped with a counted warning; file names that are not valid UTF-8 are
+read as bytes; a wrong root, a missing `train/`, a class folder missing from a split
 or an empty training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and BMP
 images decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
 validation and test take `holdout` fractions of it; with no `test/`, it takes `test_fraction` of
-`validation/` (as the tutorial carves its test batches out of the validation set).
+`validation/` (as the tutorial carves its test batches out of the validation set). A split that
+ends up empty is an error naming it.
 """
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 
-from tlflax.data.transforms import decode_rgb
+from tlflax.data.transforms import JPEG_SCALES, decode_rgb
+from tlflax.errors import DataError  # noqa: F401  (re-exported)
 
 SPLITS = ('train', 'validation', 'test')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
-
-
-class DataError(ValueError):
-  """Input data that cannot be used, found before training starts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +43,29 @@ def _visible_entries(folder: Path):
   return sorted((e for e in os.scandir(folder) if not e.name.startswith('.')), key=lambda e: e.name)
 
 
-def decodable(paths) -> np.ndarray:
+def too_large(path, max_pixels: int) -> bool:
+  """Whether the image at `path` has more than `max_pixels` pixels (JPEGs: at their smallest
+  decoding, 1/8 scale), from its header alone. Unreadable headers are left to `decodable`."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        width, height = image.size
+        jpeg = image.format == 'JPEG'
+  except Image.DecompressionBombError:
+    return True
+  except Exception:  # not an image Pillow knows: decoding will tell
+    return False
+  return width * height / (JPEG_SCALES[-1] ** 2 if jpeg else 1) > max_pixels
+
+
+def decodable(paths, max_pixels=None) -> np.ndarray:
   """For each path, whether it reads and decodes as an image (checked in parallel with tf.data)."""
   ok = np.zeros(len(paths), bool)
   if not paths:
     return ok
-  checks = (tf.data.Dataset.from_tensor_slices(list(paths)).enumerate()
-            .map(lambda i, p: (i, tf.shape(decode_rgb(tf.io.read_file(p)))),
+  checks = (tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in paths]).enumerate()
+            .map(lambda i, p: (i, tf.shape(decode_rgb(tf.io.read_file(p), max_pixels))),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .ignore_errors())
   for index, _ in checks.as_numpy_iterator():
@@ -55,7 +73,7 @@ def decodable(paths) -> np.ndarray:
   return ok
 
 
-def _scan_split(folder: Path, class_names) -> LabelledFiles:
+def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
   """Lists a split's images, skipping (with a counted warning) what is not a readable image."""
   present = sorted(e.name for e in _visible_entries(folder) if e.is_dir())
   if present != list(class_names):
@@ -70,10 +88,13 @@ def _scan_split(folder: Path, class_names) -> LabelledFiles:
         labels.append(label)
       else:
         not_images.append(entry.path)
-  ok = decodable(candidates)
-  unreadable = [p for p, good in zip(candidates, ok) if not good]
+  small = np.array([not too_large(p, max_pixels) for p in candidates], bool)
+  ok = small & decodable(candidates, max_pixels)
+  unreadable = [p for p, good, fits in zip(candidates, ok, small) if fits and not good]
+  oversized = [p for p, fits in zip(candidates, small) if not fits]
   for kind, skipped in (('files that are not images', not_images),
-                        ('images that do not decode', unreadable)):
+                        ('images that do not decode', unreadable),
+                        (f'images over data.max_pixels={max_pixels}', oversized)):
     if skipped:
       logging.warning('%s: skipped %d %s, e.g. %s', folder, len(skipped), kind, skipped[:3])
   files = LabelledFiles(tuple(p for p, good in zip(candidates, ok) if good),
@@ -97,7 +118,8 @@ def _stratified_split(files: LabelledFiles, fractions, seed: int) -> list[Labell
   return [files.subset(sorted(part)) for part in parts]
 
 
-def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: float = 0.2):
+def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: float = 0.2,
+                      max_pixels: int = 50_000_000):
   """Returns ({split: LabelledFiles} for train, validation and test, class names)."""
   root = Path(root).expanduser()
   if not root.is_dir():
@@ -108,7 +130,8 @@ def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: fl
   class_names = tuple(e.name for e in _visible_entries(root / 'train') if e.is_dir())
   if len(class_names) < 2:
     raise DataError(f'{root / "train"} needs at least two class folders, found {class_names}')
-  splits = {s: _scan_split(root / s, class_names) for s in SPLITS if (root / s).is_dir()}
+  splits = {s: _scan_split(root / s, class_names, max_pixels) for s in SPLITS
+            if (root / s).is_dir()}
   for label, name in enumerate(class_names):
     if label not in splits['train'].labels:
       raise DataError(f'{root / "train" / name} has no usable images')
@@ -123,4 +146,10 @@ def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: fl
   if 'test' not in splits:
     splits['validation'], splits['test'] = _stratified_split(
         splits['validation'], (1 - test_fraction, test_fraction), seed)
+  for split, files in splits.items():
+    if not files.paths:
+      made = ('' if (root / split).is_dir() else
+              f' (there is no {split}/ folder, so it was carved out of the others)')
+      raise DataError(f'{root}: the {split} split has no usable images{made}; add images to '
+                      f'{root / split} or to the split it is carved from')
   return splits, class_names

@@ -33,6 +33,7 @@ class PipelineConfig:
   flip: bool = True
   rotation_factor: float = 0.2
   seed: int = 0
+  max_pixels: int = 50_000_000  # larger JPEGs are decoded at reduced scale (`decode_rgb`)
 
 
 def _local_batch_size(batch_size: int) -> int:
@@ -81,7 +82,8 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data
   epoch_seed = _epoch_seed(config.seed, epoch)
 
   def transform(index, example):
-    image = transforms.resize(transforms.decode_rgb(example['image']), config.image_size)
+    image = transforms.resize(transforms.decode_rgb(example['image'], config.max_pixels),
+                              config.image_size)
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
     image = transforms.augment(image, seed, config.flip, config.rotation_factor)
     return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
@@ -118,7 +120,8 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
   size = config.image_size
 
   def transform(example):
-    return {'image': transforms.preprocess(example['image'], size), 'label': example['label'],
+    return {'image': transforms.preprocess(example['image'], size, config.max_pixels),
+            'label': example['label'],
             'mask': tf.constant(True)}
 
   padding = tf.data.Dataset.from_tensors({

@@ -6,6 +6,7 @@
 - `folder_splits`: a local folder in ImageFolder layout (see `tlflax.data.folders`).
 """
 import dataclasses
+import os
 from typing import Optional
 
 import tensorflow as tf
@@ -45,16 +46,19 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
                                  decoders={'image': tfds.decode.SkipDecoding()})
     dataset = dataset.map(lambda x: {'image': x['image'], 'label': tf.cast(x['label'], tf.int32)})
     splits[split] = Source(dataset, int(dataset.cardinality()), class_names)
+    if not splits[split].num_examples:
+      raise folders.DataError(f'TFDS {name}: the {split} split ({tfds_split}) is empty')
   return splits
 
 
-def folder_splits(root, seed: int = 0) -> dict[str, Source]:
+def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str, Source]:
   """The train/validation/test splits of an image folder, checked image by image."""
-  files, class_names = folders.scan_image_folder(root, seed)
+  files, class_names = folders.scan_image_folder(root, seed, max_pixels=max_pixels)
 
   def source(split: folders.LabelledFiles) -> Source:
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {'image': list(split.paths), 'label': tf.constant(split.labels, tf.int32)})
+    dataset = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
+        {'image': [os.fsencode(p) for p in split.paths],
+         'label': tf.constant(split.labels, tf.int32)})
     dataset = dataset.map(lambda x: {'image': tf.io.read_file(x['image']), 'label': x['label']},
                           num_parallel_calls=tf.data.AUTOTUNE)
     return Source(dataset, len(split.paths), class_names)

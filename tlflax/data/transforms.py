@@ -8,14 +8,38 @@ import math
 import tensorflow as tf
 
 
-def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-  """Decodes JPEG/PNG/GIF/BMP bytes to uint8 (H, W, 3); grey, RGBA and CMYK become RGB."""
+JPEG_SCALES = (1, 2, 4, 8)  # the reduced-size decodings libjpeg offers (`decode_jpeg(ratio=...)`)
+
+
+def _decode_full(encoded: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
+def _decode_jpeg_within(encoded: tf.Tensor, max_pixels: int) -> tf.Tensor:
+  """A JPEG at the smallest of `JPEG_SCALES` that keeps it within `max_pixels` (or 1/8)."""
+  height, width = tf.unstack(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.float64))
+  scale = tf.math.sqrt(height * width / max_pixels)  # the linear reduction needed
+  index = tf.reduce_sum(tf.cast(tf.constant(JPEG_SCALES[:-1], tf.float64) < scale, tf.int32))
+  return tf.switch_case(index, [lambda: _decode_full(encoded)] + [
+      lambda r=ratio: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for ratio in JPEG_SCALES[1:]])
+
+
+def decode_rgb(encoded: tf.Tensor, max_pixels=None) -> tf.Tensor:
+  """Decodes JPEG/PNG/GIF/BMP bytes to uint8 (H, W, 3); grey, RGBA and CMYK become RGB. With
+  `max_pixels`, a JPEG larger than that is decoded at 1/2, 1/4 or 1/8 scale (the first that fits;
+  images within it decode exactly as without); other formats are decoded whole, so callers skip
+  those over the limit beforehand (`tlflax.data.folders.too_large`)."""
+  if max_pixels is None:
+    return _decode_full(encoded)
+  return tf.cond(tf.io.is_jpeg(encoded), lambda: _decode_jpeg_within(encoded, max_pixels),
+                 lambda: _decode_full(encoded))
+
+
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """float32 bilinear resize to (size, size), as `image_dataset_from_directory` and the tutorial."""
-  return tf.image.resize(tf.cast(image, tf.float32), (size, size), method='bilinear')
+  """float32 bilinear resize to (size, size), as `image_dataset_from_directory` and the tutorial.
+  It reads uint8 directly (the same values as casting first), so no float copy of a large image
+  is made before it shrinks."""
+  return tf.image.resize(image, (size, size), method='bilinear')
 
 
 def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
@@ -23,9 +47,9 @@ def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
   return image / 127.5 - 1.0
 
 
-def preprocess(encoded: tf.Tensor, size: int) -> tf.Tensor:
+def preprocess(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
   """Encoded image -> float32 (size, size, 3) in [-1, 1]: the tutorial's evaluation input."""
-  return scale_to_unit_range(resize(decode_rgb(encoded), size))
+  return scale_to_unit_range(resize(decode_rgb(encoded, max_pixels), size))
 
 
 def rotation_transform(angle: tf.Tensor, height, width) -> tf.Tensor:

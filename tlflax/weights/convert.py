@@ -9,13 +9,10 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from tlflax.errors import WeightsError  # noqa: F401  (weights that do not fit the model)
 from tlflax.models import layer_table
 
 KerasWeights = dict[str, list[np.ndarray]]
-
-
-class WeightsError(ValueError):
-  """Weights that do not fit the model: missing, unexpected or mis-shaped variables."""
 
 
 def keras_kinds() -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
-from tlflax.weights.convert import WeightsError
+from tlflax.errors import DownloadError, WeightsError
 
 KERAS_BASE_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/'
 KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -25,8 +25,16 @@ KERAS_SIZES = (96, 128, 160, 192, 224)
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-  """A download that failed, was cut, or gave a file that did not verify."""
+class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
+  """Follows redirects, except from https to plain http."""
+
+  def redirect_request(self, req, fp, code, msg, headers, newurl):
+    if req.full_url.startswith('https:') and not newurl.startswith('https:'):
+      raise urllib.error.URLError(f'refused a redirect from https to {newurl}')
+    return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngradeRedirects)
 
 
 def keras_weights_filename(alpha: float, include_top: bool, input_size: int) -> str:
@@ -89,7 +97,7 @@ def fetch(url: str, filename: str, cache_dir: Optional[Path] = None,
   cache_dir.mkdir(parents=True, exist_ok=True)
   fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=f'.{filename}.', suffix='.part')
   try:
-    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with os.fdopen(fd, 'wb') as out, _OPENER.open(url, timeout=timeout) as response:
       expected = int(response.headers.get('Content-Length') or 0) or None
       with tqdm(total=expected, unit='B', unit_scale=True, desc=f'Downloading {filename}',
                 disable=None) as progress:
@@ -104,5 +112,6 @@ def fetch(url: str, filename: str, cache_dir: Optional[Path] = None,
     os.replace(partial, target)
     return target
   except Exception as e:
-    Path(partial).unlink(missing_ok=True)
     raise DownloadError(f'could not get {filename} from {url}: {e}') from e
+  finally:  # also on Ctrl-C; after os.replace there is nothing left to remove
+    Path(partial).unlink(missing_ok=True)
