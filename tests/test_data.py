@@ -301,14 +301,20 @@ print(jax.device_count(), shards)
       '4 [(0, [0, 1]), (1, [2, 3]), (2, [4, 5]), (3, [6, 7])]'
 
 
-def test_images_over_the_pixel_limit_are_skipped_from_their_header(tmp_path, caplog):
+def test_images_over_the_pixel_limit_are_skipped_from_their_header(tmp_path, caplog, monkeypatch):
   """A 12000x12000 PNG (144 MP, a few KB on disk) is skipped without being decoded; a JPEG over
   the limit is kept when a reduced-scale decoding fits it."""
+  from tlflax.data import folders
   root = make_folder(tmp_path / 'data', per_class=2)
   Image.new('1', (12000, 12000)).save(root / 'train' / 'cat' / 'bomb.png')
+  decoded = []
+  checked = folders.decodable
+  monkeypatch.setattr(folders, 'decodable', lambda paths, *a: decoded.extend(paths) or checked(
+      paths, *a))
   with caplog.at_level(logging.WARNING):
     files, _ = scan_image_folder(root)
-  assert not any('bomb' in p for p in files['train'].paths)
+  assert not any('bomb' in p for p in files['train'].paths + tuple(decoded))
+  assert len(decoded) == 12  # every other image was decoded to check it
   assert 'skipped 1 images over data.max_pixels=50000000' in caplog.text
   small_limit = make_folder(tmp_path / 'small_limit', per_class=2)
   save(small_limit / 'train' / 'cat' / 'big.png', size=(40, 30))  # 1200 pixels

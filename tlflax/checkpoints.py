@@ -8,12 +8,14 @@ folder and renames it when complete, so a run killed mid-save leaves the previou
 A checkpoint that does not restore (a damaged file) is skipped for the one before it
 (`restore_newest`).
 """
+import copy
 import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -35,10 +37,11 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def save(self, epoch: int, state, meta: dict):
-    """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch` (asynchronously)."""
+    """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch`. Orbax writes in
+    the background, so `meta` is copied: later changes to it do not reach this checkpoint."""
     self.manager.save(epoch, args=ocp.args.Composite(
         model=ocp.args.StandardSave(state.variables), train=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(meta)))
+        meta=ocp.args.JsonSave(copy.deepcopy(meta))))
 
   def restore_meta(self, epoch: int) -> dict:
     return self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -64,9 +67,10 @@ class Checkpoints:
     is none. A checkpoint that fails to restore is logged and the one before it tried; with
     `set_aside`, the failed newer ones are then moved to `WORKDIR/corrupt_checkpoints/`, so that
     training can save those epochs again. `RunError`s (a config that does not match the run)
-    are not damage: they propagate. If no checkpoint restores, raises `CheckpointError`."""
-    failed = []
-    for epoch in sorted(self.manager.all_steps(), reverse=True):
+    are not damage: they propagate. If no checkpoint restores, raises `CheckpointError`. With
+    several processes, all must restore the same epoch, or `CheckpointError` says so."""
+    epochs = sorted(self.manager.all_steps(), reverse=True)
+    for epoch in epochs:
       try:
         result = restore(epoch)
       except RunError:
@@ -75,18 +79,23 @@ class Checkpoints:
         logging.warning('Checkpoint %s does not restore (%s: %s); trying the one before it',
                         self.manager.directory / str(epoch), type(e).__name__,
                         str(e).splitlines()[0] if str(e) else '')
-        failed.append(epoch)
         continue
-      if failed:
-        logging.warning('Using checkpoint %d, the newest that restores', epoch)
-        if set_aside:
-          self._set_aside(failed)
-      return epoch, result
-    if failed:
-      raise CheckpointError(f'none of the checkpoints in {self.manager.directory} restores '
-                            f'(epochs {sorted(failed)}; see the warnings above). Move them away to '
-                            'start this run afresh, or use another workdir.')
-    return None
+      break
+    else:
+      if epochs:
+        raise CheckpointError(f'none of the checkpoints in {self.manager.directory} restores '
+                              f'(epochs {sorted(epochs)}; see the warnings above). Move them '
+                              'away to start this run afresh, or use another workdir.')
+      return None
+    if jax.process_count() > 1:
+      multihost_utils.assert_equal(np.int64(epoch), 'the processes restored checkpoints of '
+                                   'different epochs (see the warnings above)')
+    newer = [e for e in epochs if e > epoch]
+    if newer:
+      logging.warning('Using checkpoint %d, the newest that restores', epoch)
+      if set_aside:
+        self._set_aside(newer)
+    return epoch, result
 
   def _set_aside(self, epochs):
     if jax.process_index() == 0:

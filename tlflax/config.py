@@ -60,7 +60,7 @@ def _has_type(value, expected) -> bool:
 def ordered_phases(config: ml_collections.ConfigDict) -> list:
   """[(name, phase)] in `config.phase_order`, which must name every phase of `config.phases` once.
   A name list given as one comma-separated string (`--config.phase_order=a,b`) is split."""
-  names = [name.strip() for item in config.phase_order for name in item.split(',')]
+  names = [name.strip() for item in config.phase_order for name in item.split(',') if name.strip()]
   defined = sorted(config.phases.keys())
   repeated = sorted({name for name in names if names.count(name) > 1})
   unknown = [name for name in names if name not in config.phases]
@@ -81,9 +81,6 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
     raise ConfigError('config has no phases')
   if not config.phases:
     raise ConfigError('config.phases is empty: give at least one training phase')
-  if 'phase_order' not in config:
-    raise ConfigError('config has no phase_order: the tuple of config.phases names in the order '
-                      'they run (ConfigDict keys iterate sorted, not as written)')
   checks = [
       (config.image_size >= 32, f'image_size must be >= 32, got {config.image_size}'),
       (config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}'),
@@ -130,8 +127,11 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       raise ConfigError(f'{prefix}.fine_tune_at must be a Keras layer index in '
                         f'0..{backbone_layer_count()} (or None), got {phase.fine_tune_at}')
 
-# Settings that do not change what a run computes: a resumed run may change them freely.
-RUN_INVARIANT = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb')
+# Settings a resumed run may change without --allow_config_change: they do not change what it
+# computes from here on (the weights file is read only at the start; cached activations give
+# the result of training on images).
+RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
+               'compute.cache_frozen', 'model.weights')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
@@ -146,7 +146,7 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 def differences(stored: dict, current: dict) -> dict:
   """{dotted key: (stored value, current value)} of two configs as JSON, a key missing on one
-  side as None; `RUN_INVARIANT` keys are left out."""
+  side as None."""
   old, new = _flat(stored), _flat(current)
   return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-          if old.get(key) != new.get(key) and key not in RUN_INVARIANT}
+          if old.get(key) != new.get(key)}

@@ -16,6 +16,7 @@ before the diverged state is checkpointed.
 """
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -68,17 +69,23 @@ def pipeline_config(config) -> PipelineConfig:
 
 
 def config_as_json(config) -> dict:
-  """The resolved config as plain JSON values (what `config.json` and checkpoints record)."""
-  return json.loads(config.to_json_best_effort())
+  """The resolved config as plain JSON values (what `config.json` and checkpoints record), with
+  `phase_order` as the list of names it resolves to."""
+  values = json.loads(config.to_json_best_effort())
+  values['phase_order'] = [name for name, _ in config_lib.ordered_phases(config)]
+  return values
+
+
+def write_atomically(path: Path, content: bytes):
+  """Writes a temporary file and renames it into place: a crash never leaves a truncated file."""
+  temporary = path.with_name(f'.{path.name}.tmp')
+  temporary.write_bytes(content)
+  os.replace(temporary, path)
 
 
 def write_json(path: Path, value):
-  """Strict JSON (no NaN or Infinity), written to a temporary file and renamed into place, so a
-  crash never leaves a truncated file."""
-  text = json.dumps(value, indent=2, allow_nan=False)
-  temporary = path.with_name(f'.{path.name}.tmp')
-  temporary.write_text(text)
-  os.replace(temporary, path)
+  """Strict JSON (no NaN or Infinity), written atomically."""
+  write_atomically(path, json.dumps(value, indent=2, allow_nan=False).encode())
 
 
 class _MetricSums:
@@ -212,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
       position = _run_phase(run, phase, position)
   run.checkpoints.close()
   history = position.history
-  history['test'] = evaluate(run.eval_step, position.variables, run.image_feed.evaluation('test'))
+  history['test'] = _checked(evaluate(run.eval_step, position.variables,
+                                      run.image_feed.evaluation('test')), 'test split')
   logging.info('Test: loss %.4f, accuracy %.4f', history['test']['loss'],
                history['test']['accuracy'])
   variables = parallel.to_host(position.variables)
@@ -291,11 +299,13 @@ def _check_resume(run: Run, meta: dict, epoch: int, changed: dict) -> tuple[Phas
 
 def _config_changes(run: Run, stored: Optional[dict]) -> dict:
   """{key: (stored, now)} where the run's config differs from the `stored` one of the workdir's
-  run (`config_lib.differences`); any difference is a `ConfigError` unless `allow_config_change`."""
+  run; a difference outside `config_lib.RESUME_SAFE` is a `ConfigError` unless
+  `allow_config_change`."""
   changed = config_lib.differences(stored, config_as_json(run.config)) if stored else {}
-  if changed and not run.allow_config_change:
+  unsafe = {k: v for k, v in changed.items() if k not in config_lib.RESUME_SAFE}
+  if unsafe and not run.allow_config_change:
     raise ConfigError(f'{run.workdir} holds a run made with another config '
-                      f'({_listing(changed)}). Use another workdir, or pass '
+                      f'({_listing(unsafe)}). Use another workdir, or pass '
                       '--allow_config_change to continue this run with the new values.')
   return changed
 
@@ -312,7 +322,13 @@ def _write_config(run: Run, changed: dict, epoch: int):
   config_path = run.workdir / 'config.json'
   if changed:
     logging.warning('Continuing %s with a changed config: %s', run.workdir, _listing(changed))
-    os.replace(config_path, run.workdir / f'config.before_epoch_{epoch}.json')
+    if config_path.exists():
+      kept = run.workdir / f'config.before_epoch_{epoch}.json'
+      for again in itertools.count(2):
+        if not kept.exists():
+          break
+        kept = run.workdir / f'config.before_epoch_{epoch}_{again}.json'
+      os.replace(config_path, kept)
   write_json(config_path, config_as_json(run.config))
 
 
@@ -372,9 +388,9 @@ def _run_epoch(run: Run, phase: Phase, epoch: int, state, train_step, eval_step,
 
 
 def _checked(metrics: dict, where: str) -> dict:
-  """`metrics`, if their loss is finite; else `TrainingDiverged` saying `where`."""
+  """Evaluation `metrics`, if their loss is finite; else `TrainingDiverged` saying `where`."""
   if not math.isfinite(metrics['loss']):
-    raise TrainingDiverged(f'the validation loss is {metrics["loss"]} ({where}): the model '
+    raise TrainingDiverged(f'the evaluation loss is {metrics["loss"]} ({where}): the model '
                            'diverged or its weights are broken. The last checkpoint is the last '
                            'good state.')
   return metrics
@@ -417,11 +433,12 @@ def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: s
   means = sums.means()
   if not math.isfinite(means['loss']):
     losses = [float(m['loss']) for m in unread]
-    bad = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
-    raise TrainingDiverged(f'the training loss is {losses[bad]} at step '
-                           f'{steps - len(unread) + 1 + bad} of {where}: training diverged (try a '
-                           'lower learning rate). Nothing of this epoch was saved; the last '
-                           'checkpoint is the last good state.')
+    bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+    what = (f'the training loss is {losses[bad]} at step {steps - len(unread) + 1 + bad}'
+            if bad is not None else f'the training loss summed over steps 1-{steps} overflows')
+    raise TrainingDiverged(f'{what} of {where}: training diverged (try a lower learning rate). '
+                           'Nothing of this epoch was saved; the last checkpoint is the last '
+                           'good state.')
   return means
 
 
@@ -445,9 +462,7 @@ def _write_reports(run: Run, history: dict, variables: dict):
   """history.json, test_metrics.json, final_variables.msgpack and the two figures."""
   write_json(run.workdir / 'history.json', history)
   write_json(run.workdir / 'test_metrics.json', history['test'])
-  final = run.workdir / 'final_variables.msgpack'
-  final.with_name('.final_variables.tmp').write_bytes(serialization.to_bytes(variables))
-  os.replace(final.with_name('.final_variables.tmp'), final)
+  write_atomically(run.workdir / 'final_variables.msgpack', serialization.to_bytes(variables))
   if history['epochs']:
     plots.learning_curves(history, run.workdir / 'learning_curves.png')
   # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)

@@ -13,7 +13,6 @@ ends up empty is an error naming it.
 """
 import dataclasses
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +45,15 @@ def _visible_entries(folder: Path):
 def too_large(path, max_pixels: int) -> bool:
   """Whether the image at `path` has more than `max_pixels` pixels (JPEGs: at their smallest
   decoding, 1/8 scale), from its header alone. Unreadable headers are left to `decodable`."""
+  bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit here is ours
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      with Image.open(path) as image:
-        width, height = image.size
-        jpeg = image.format == 'JPEG'
-  except Image.DecompressionBombError:
-    return True
+    with Image.open(path) as image:
+      width, height = image.size
+      jpeg = image.format == 'JPEG'
   except Exception:  # not an image Pillow knows: decoding will tell
     return False
+  finally:
+    Image.MAX_IMAGE_PIXELS = bomb_limit
   return width * height / (JPEG_SCALES[-1] ** 2 if jpeg else 1) > max_pixels
 
 
@@ -89,7 +87,8 @@ def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
       else:
         not_images.append(entry.path)
   small = np.array([not too_large(p, max_pixels) for p in candidates], bool)
-  ok = small & decodable(candidates, max_pixels)
+  ok = small.copy()
+  ok[small] = decodable([p for p, fits in zip(candidates, small) if fits], max_pixels)
   unreadable = [p for p, good, fits in zip(candidates, ok, small) if fits and not good]
   oversized = [p for p, fits in zip(candidates, small) if not fits]
   for kind, skipped in (('files that are not images', not_images),
