@@ -1,6 +1,7 @@
 """Is training input-bound or compute-bound? Pipeline images/s beside training-step images/s.
 
-    .venv/bin/python bench/input_pipeline.py [--folder ../shared/data/cats_vs_dogs_mini] [--epochs 4]
+    .venv/bin/python bench/input_pipeline.py [--folder ../shared/data/cats_vs_dogs_mini] [--epochs
+    4]
 
 Measures, in one run on the same machine (medians over epochs/steps after a warm-up):
 1. the tf.data training pipeline on the folder's train split at 160x160, batch 32, with and without
@@ -67,9 +68,9 @@ def trainer_step(fine_tune_at):
   """The trainer's own jitted step (tlflax.steps) and a fresh state, for random weights."""
   model = Classifier()
   variables = init_variables(model, 160, jax.random.key(1), 'none')
-  labels = optim.param_labels(variables['params'], backbone_layers(model), fine_tune_at)
-  tx = optim.make_optimizer('adam', 1e-4, labels)
-  step = make_train_step(model.apply, tx, labels, jax.random.key(2))
+  groups = optim.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer('adam', 1e-4, groups)
+  step = make_train_step(model.apply, tx, groups, jax.random.key(2))
   return step, TrainState.create(variables, tx)
 
 
@@ -126,8 +127,8 @@ def rotate_on_device(images, angles, flips):
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     x_in = cos * x - sin * y + cx - cx * cos + cy * sin
     y_in = sin * x + cos * y + cy - cx * sin - cy * cos
-    channel = lambda c: jax.scipy.ndimage.map_coordinates(c, [y_in, x_in], order=1,
-                                                          mode='reflect')
+    def channel(c):
+      return jax.scipy.ndimage.map_coordinates(c, [y_in, x_in], order=1, mode='reflect')
     return jax.vmap(channel, in_axes=2, out_axes=2)(image)
 
   return jax.vmap(one)(images, angles, flips)

@@ -12,8 +12,10 @@ weights (the shared ImageNet MobileNetV2 TFLite file, ported once), 160x160, bat
     keras-tf        the tutorial's Keras code (augmentation layers in the model), TensorFlow backend
     keras-jax       the same code on Keras's JAX backend
 
-Each run is its own process; the runs are interleaved (A B C D A B C D ...) so that machine noise hits
-all alike. Per phase: training images/s (median over the epochs after each phase's first), evaluation
+Each run is its own process; the runs are interleaved (A B C D A B C D ...) so that machine noise
+hits
+all alike. Per phase: training images/s (median over the epochs after each phase's first),
+evaluation
 images/s (validation, same epochs), the first step's time less a typical step (compilation), the
 phase's wall time (compile, caches, every epoch and its validation) and the process's peak resident
 memory. Writes OUT/keras_comparison.{md,json,png} and prints the ratios last.
@@ -33,7 +35,7 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tlflax import xla_flags  # pylint: disable=wrong-import-position
+from tlflax import xla_flags  # noqa: E402  (after the path set-up above)
 
 SHARED = ROOT.parent / 'shared'
 DATA = SHARED / 'data' / 'cats_vs_dogs_mini'
@@ -143,6 +145,7 @@ class PhaseTimer:
 def run_keras(workdir: Path) -> dict:
   import keras
   import tensorflow as tf
+
   from tlflax.weights.native import load_variables
   variables, _ = load_variables(workdir / 'weights.msgpack')
   kwargs = dict(batch_size=BATCH, image_size=(IMAGE_SIZE, IMAGE_SIZE), seed=0)
@@ -284,6 +287,7 @@ def bar_chart(table: dict, path: Path):
 
 def machine_description() -> str:
   import platform
+
   import jax
   devices = ', '.join(sorted({d.device_kind for d in jax.devices()}))
   return (f'Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '

@@ -290,7 +290,8 @@ from tlflax.data.pipeline import global_batch
 mesh = jax.make_mesh((4,), ('data',))
 sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 arrays = global_batch({'label': np.arange(8, dtype=np.int32)}, sharding)
-shards = sorted((s.device.id, np.asarray(s.data).tolist()) for s in arrays['label'].addressable_shards)
+shards = sorted((s.device.id, np.asarray(s.data).tolist()) for s in
+arrays['label'].addressable_shards)
 print(jax.device_count(), shards)
 '''
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',

@@ -120,6 +120,7 @@ def test_weights_keras_does_not_publish_are_refused(alpha, include_top, size):
 def test_a_redirect_from_https_to_http_is_refused():
   import urllib.error
   import urllib.request
+
   from tlflax.weights.download import _NoDowngradeRedirects
   handler = _NoDowngradeRedirects()
   request = urllib.request.Request('https://storage.example/weights.h5')

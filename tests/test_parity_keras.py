@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from keras_reference import (random_keras_model, write_keras3_legacy_h5, write_published_h5)
+from keras_reference import random_keras_model, write_keras3_legacy_h5, write_published_h5
 from tlflax.models import MobileNetV2
 from tlflax.weights import load_pretrained
 

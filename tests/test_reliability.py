@@ -1,4 +1,5 @@
-"""Reliability: phase order, a workdir's config, divergence, damaged checkpoints, kills, strict JSON."""
+"""Reliability: phase order, a workdir's config, divergence, damaged checkpoints, kills, strict
+JSON."""
 import json
 import os
 import shutil
@@ -13,8 +14,9 @@ from flax import serialization
 
 from runs import ROOT, overrides, run_main
 from tlflax import config as config_lib
-from tlflax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from tlflax.train import evaluate_checkpoint, train_and_evaluate, write_json
+from tlflax.errors import CheckpointError, TrainingDiverged
+from tlflax.reports import write_json
+from tlflax.train import evaluate_checkpoint, train_and_evaluate
 
 sys.path.insert(0, str(ROOT / 'scripts'))
 import fault_injection  # noqa: E402
@@ -130,7 +132,8 @@ def test_a_diverging_run_stops_before_checkpointing_the_diverged_state(tiny_run,
   config.phases.fine_tune.learning_rate = 1e38
   with pytest.raises(TrainingDiverged, match=r"at step \d+ of phase 'fine_tune', epoch 1/2"):
     train_and_evaluate(config, tmp_path)
-  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [1]
+  saved = (tmp_path / 'checkpoints').iterdir()
+  assert sorted(int(p.name) for p in saved if p.name.isdigit()) == [1]
   history = strict_json(tmp_path / 'history.json')
   assert [e['phase'] for e in history['epochs']] == ['feature_extraction']
   metrics = evaluate_checkpoint(config, tmp_path)  # the last good state
@@ -150,9 +153,10 @@ def test_json_files_are_strict_and_replaced_whole(tmp_path):
 
 def test_a_checkpoint_keeps_the_meta_it_was_given(tmp_path):
   """Orbax writes in the background: changes to the meta dict after `save` must not reach it."""
+  import optax
+
   from tlflax.checkpoints import Checkpoints
   from tlflax.steps import TrainState
-  import optax
   state = TrainState.create({'params': {'w': np.ones(3, np.float32)}, 'batch_stats': {}},
                             optax.sgd(0.1))
   checkpoints = Checkpoints(tmp_path)
@@ -246,6 +250,7 @@ def test_predictions_csv_survives_hostile_file_names(tiny_run, finished_run, tmp
   """Commas and non-UTF-8 bytes in names, and a symlink loop under a `**` glob: each image once,
   one parseable row each, written batch by batch."""
   import csv
+
   from tlflax.predict import predict
   inputs = tmp_path / 'inputs'
   inputs.mkdir()

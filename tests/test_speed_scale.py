@@ -13,8 +13,8 @@ import pytest
 
 from runs import ROOT, overrides, run_main
 from tlflax import optim
-from tlflax.data import transforms
 from tlflax.classifier import Classifier, backbone_layers, init_variables
+from tlflax.data import transforms
 from tlflax.steps import TrainState, make_train_step, train_step
 from tlflax.train import train_and_evaluate
 
@@ -59,13 +59,14 @@ def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_pat
 def count_products(model, variables, fine_tune_at):
   """Convolutions and matrix products (1x1 convolutions, the head) in the jaxpr of a train step
   that trains backbone layers from `fine_tune_at`."""
-  labels = optim.param_labels(variables['params'], backbone_layers(model), fine_tune_at)
-  tx = optim.make_optimizer('sgd', 0.1, labels)
+  groups = optim.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer('sgd', 0.1, groups)
   batch = {'image': jnp.zeros((2, 32, 32, 3)), 'label': jnp.zeros(2, jnp.int32),
            'mask': jnp.ones(2, bool)}
   jaxpr = str(jax.make_jaxpr(
-      lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=labels,
-                              dropout_rng=jax.random.key(0)))(TrainState.create(variables, tx), batch))
+      lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, param_groups=groups,
+                              dropout_rng=jax.random.key(0)))(TrainState.create(variables, tx),
+                              batch))
   return jaxpr.count('conv_general_dilated[') + jaxpr.count('dot_general[')
 
 
@@ -99,9 +100,9 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
         variables, images)
     logits = jax.jit(model.apply)(variables, images)
     start = jax.tree.map(np.array, variables['params'])
-    labels = optim.param_labels(variables['params'], backbone_layers(model), 100)
-    tx = optim.make_optimizer('sgd', 0.1, labels)
-    state, metrics = make_train_step(model.apply, tx, labels, jax.random.key(1))(
+    groups = optim.param_groups(variables['params'], backbone_layers(model), 100)
+    tx = optim.make_optimizer('sgd', 0.1, groups)
+    state, metrics = make_train_step(model.apply, tx, groups, jax.random.key(1))(
         TrainState.create(variables, tx), batch)
     results[dtype] = (logits, features, metrics, state.params)
   (_, features32, metrics32, params32), (logits16, features16, metrics16, params16) = (
@@ -204,11 +205,12 @@ def test_the_activation_cache_is_filled_in_place(tiny_run):
   """Peak host memory while caching is the cache's own size plus a batch, not twice it (parts
   then a concatenation), so `compute.cache_limit_gb` is the real limit."""
   import tracemalloc
+
   from tlflax import feeds, parallel
   from tlflax.data.pipeline import PipelineConfig
   from tlflax.data.sources import folder_splits
   mesh = parallel.data_mesh()
-  images = feeds.ImageFeed(folder_splits(tiny_run.data.folder),
+  images = feeds.ImageFeed(Classifier(alpha=0.35), folder_splits(tiny_run.data.folder),
                            PipelineConfig(image_size=96, batch_size=4), mesh)
   batches = list(images.evaluation('train'))  # decoded before measuring
   images.evaluation = lambda split: iter(batches)

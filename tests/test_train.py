@@ -14,9 +14,9 @@ from runs import cats_dogs, run_main
 from tlflax import optim, weights
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.config import ConfigError, ordered_phases
-from tlflax.steps import TrainState, make_train_step
 from tlflax.data import transforms
 from tlflax.predict import predict
+from tlflax.steps import TrainState, make_train_step
 from tlflax.train import check_config, evaluate_checkpoint, train_and_evaluate
 
 
@@ -37,7 +37,7 @@ def test_parameter_counts_equal_the_tutorials_keras_model(fine_tune_at, trainabl
 
   model = Classifier()
   params = jax.eval_shape(lambda: init_variables(model, 160, jax.random.key(0), 'none'))['params']
-  counts = optim.count_params(params, optim.param_labels(params, backbone_layers(model),
+  counts = optim.count_params(params, optim.param_groups(params, backbone_layers(model),
                                                           fine_tune_at))
   assert counts['trainable'] == keras_trainable == trainable
 
@@ -64,9 +64,9 @@ def test_a_phase_moves_only_trainable_parameters():
   """Frozen parameters and all BatchNorm statistics stay bit-identical; trainable ones move."""
   model = Classifier(alpha=0.35)
   variables = init_variables(model, 48, jax.random.key(0), 'none')
-  labels = optim.param_labels(variables['params'], backbone_layers(model), 120)
-  tx = optim.make_optimizer('rmsprop', 1e-3, labels)
-  step = make_train_step(model.apply, tx, labels, jax.random.key(1))
+  groups = optim.param_groups(variables['params'], backbone_layers(model), 120)
+  tx = optim.make_optimizer('rmsprop', 1e-3, groups)
+  step = make_train_step(model.apply, tx, groups, jax.random.key(1))
   before = jax.tree.map(np.array, variables)
   state = TrainState.create(variables, tx)
   rng = np.random.default_rng(0)
@@ -76,9 +76,9 @@ def test_a_phase_moves_only_trainable_parameters():
     state, _ = step(state, batch)
   flat_before = traverse_util.flatten_dict(before['params'])
   flat_after = traverse_util.flatten_dict(state.params)
-  flat_labels = traverse_util.flatten_dict(labels)
-  frozen = [k for k in flat_labels if flat_labels[k] == 'frozen']
-  trainable = [k for k in flat_labels if flat_labels[k] == 'trainable']
+  flat_groups = traverse_util.flatten_dict(groups)
+  frozen = [k for k in flat_groups if flat_groups[k] == 'frozen']
+  trainable = [k for k in flat_groups if flat_groups[k] == 'trainable']
   assert len(frozen) > 100 and len(trainable) > 10
   for key in frozen:
     assert np.array_equal(flat_before[key], flat_after[key]), key

@@ -53,7 +53,8 @@ def test_top_is_dropped_on_request_but_never_invented(published_035):
 def test_file_without_top_cannot_give_a_classifier(tmp_path):
   path = tmp_path / 'no_top.h5'
   write_published_h5(path, random_keras_model(0.35, False, 96))
-  with pytest.raises(WeightsError, match=r'missing \(2\): params/predictions/bias, params/predictions/kernel'):
+  with pytest.raises(WeightsError,
+                     match=r'missing \(2\): params/predictions/bias, params/predictions/kernel'):
     load_pretrained(str(path), alpha=0.35, include_top=True)
 
 

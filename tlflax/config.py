@@ -1,6 +1,7 @@
 """Checking a run's config before any work: unknown keys, wrong types and bad values, by name.
 
-`ml_collections.ConfigDict` iterates its keys in sorted order, not in the order they were written, so
+`ml_collections.ConfigDict` iterates its keys in sorted order, not in the order they were written,
+so
 the order of `config.phases` is the explicit `config.phase_order`; `ordered_phases` is the one place
 that reads it.
 """
@@ -8,9 +9,8 @@ from typing import Callable
 
 import ml_collections
 
-from tlflax.errors import ConfigError
-
 from tlflax.data.sources import SPLIT_SCHEMES
+from tlflax.errors import ConfigError
 from tlflax.models.depthwise import IMPLEMENTATIONS
 from tlflax.optim import OPTIMIZERS
 from tlflax.weights.download import KERAS_ALPHAS
@@ -101,7 +101,8 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       (0 <= config.model.dropout < 1, 'model.dropout must be in [0, 1)'),
       (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
       (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
-      (not config.compute.cache_frozen or (not config.data.flip and not config.data.rotation_factor),
+      (not config.compute.cache_frozen or (not config.data.flip and not
+      config.data.rotation_factor),
        'compute.cache_frozen needs data.flip=False and data.rotation_factor=0: cached activations '
        'cannot be augmented'),
   ]

@@ -1,4 +1,5 @@
-"""The errors a user can act on. `main.py` prints any `RunError` as one line, without a traceback."""
+"""The errors a user can act on. `main.py` prints any `RunError` as one line, without a
+traceback."""
 
 
 class RunError(Exception):

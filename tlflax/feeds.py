@@ -1,13 +1,20 @@
-"""Where a phase's batches come from: the image pipeline, or caches of the frozen part's activations.
+"""Where a phase's batches come from: the image pipeline, or caches of the frozen part's
+activations.
 
-A phase trains backbone layers from `fine_tune_at` up (none when None) and the head. The layers below
+A phase trains backbone layers from `fine_tune_at` up (none when None) and the head. The layers
+below
 are frozen and their BatchNorm is in inference mode, so without augmentation their output for an
 image never changes during the phase. `CachedFeed` runs them once over the training and validation
 splits and then serves batches of those activations (`batch['activations']`) in exactly the order
 and padding of the image pipeline: the pooled features in phase 1 (about 5 KB per image) and the
 activations at layer `fine_tune_at` in phase 2 (about 270 KB per image at 160x160 and layer 100).
 Training on them gives the same result as training on images, minus the frozen part's cost.
+
+A feed owns what the steps need to read its batches: `input_key` (the batch entry the model takes),
+`apply_fn` (the model run from the feed's first layer), `eval_step`, and `steps_per_epoch`; and
+`record()`, what a phase's history says about it.
 """
+import functools
 import time
 from typing import Iterator, Optional
 
@@ -18,17 +25,24 @@ from absl import logging
 from tlflax import parallel
 from tlflax.classifier import Classifier
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
-                                  prefetch_to_devices, train_dataset)
+                                  prefetch_to_devices, train_dataset, train_steps)
 from tlflax.data.sources import Source
+from tlflax.steps import make_eval_step
 
 
 class ImageFeed:
   """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps."""
-  start = 0  # the model runs from its first layer
-  cache_seconds = 0.0
+  input_key = 'image'
 
-  def __init__(self, splits: dict[str, Source], config: PipelineConfig, mesh, prefetch: int = 2):
+  def __init__(self, model: Classifier, splits: dict[str, Source], config: PipelineConfig, mesh,
+               prefetch: int = 2):
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
+    self.apply_fn = model.apply
+    self.eval_step = make_eval_step(self.apply_fn, mesh, self.input_key)
+    self.steps_per_epoch = train_steps(splits['train'], config)
+
+  def record(self) -> dict:
+    return {'cached_from_layer': None, 'cache_seconds': 0.0}
 
   def to_devices(self, batches) -> Iterator[dict]:
     """NumPy batches as global arrays split over the mesh, `prefetch` batches ahead."""
@@ -85,9 +99,14 @@ class CachedFeed:
   mesh and prefetch are `images`'s, whose evaluation pass computes the cache.
   """
 
+  input_key = 'activations'
+
   def __init__(self, model: Classifier, variables, images: ImageFeed, boundary: int,
                split_names=('train', 'validation')):
-    self.start, self.images = boundary, images
+    self.boundary, self.images = boundary, images
+    self.apply_fn = functools.partial(model.apply, start=boundary)
+    self.eval_step = make_eval_step(self.apply_fn, images.mesh, self.input_key)
+    self.steps_per_epoch = images.steps_per_epoch
     frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
                                               method=Classifier.frozen_activations))
     started = time.perf_counter()
@@ -96,6 +115,9 @@ class CachedFeed:
     self.cache_seconds = time.perf_counter() - started
     logging.info('Cached activations at backbone layer %d for %s in %.1f s', boundary,
                  ', '.join(split_names), self.cache_seconds)
+
+  def record(self) -> dict:
+    return {'cached_from_layer': self.boundary, 'cache_seconds': self.cache_seconds}
 
   def _batches(self, split: str, positions) -> Iterator[dict]:
     cache = self.cache[split]

@@ -9,7 +9,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tlflax.config import ConfigError
+from tlflax.errors import ConfigError
 
 DATA_AXIS = 'data'
 

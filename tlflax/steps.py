@@ -31,11 +31,6 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def model_inputs(batch: dict):
-  """A batch's images, or the cached activations that stand in for them (`tlflax.feeds`)."""
-  return batch['activations'] if 'activations' in batch else batch['image']
-
-
 def _masked_metrics(logits, batch):
   """Sums of loss and correct predictions over the real (mask True) examples, and their count."""
   labels = batch['label'].astype(jnp.float32)
@@ -46,16 +41,18 @@ def _masked_metrics(logits, batch):
           'count': jnp.sum(mask)}
 
 
-def train_step(state: TrainState, batch, *, apply_fn, tx, labels, dropout_rng):
-  """One optimizer step. Only parameters labelled 'trainable' are differentiated, so the backward
-  pass stops at the freeze boundary; frozen leaves get zeros, which `set_to_zero` ignores."""
+def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, dropout_rng,
+               input_key='image'):
+  """One optimizer step on `batch[input_key]`. Only parameters in the 'trainable' group are
+  differentiated, so the backward pass stops at the freeze boundary; frozen leaves get zeros,
+  which `set_to_zero` ignores."""
   flat = traverse_util.flatten_dict(state.params)
-  flat_labels = traverse_util.flatten_dict(labels)
-  trainable = {k: v for k, v in flat.items() if flat_labels[k] == 'trainable'}
+  flat_groups = traverse_util.flatten_dict(param_groups)
+  trainable = {k: v for k, v in flat.items() if flat_groups[k] == 'trainable'}
 
   def loss_fn(trainable):
     params = traverse_util.unflatten_dict({**flat, **trainable})
-    logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, model_inputs(batch),
+    logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch[input_key],
                       train=True, rngs={'dropout': jax.random.fold_in(dropout_rng, state.step)})
     metrics = _masked_metrics(logits, batch)
     return metrics['loss'] / jnp.maximum(metrics['count'], 1), metrics
@@ -69,18 +66,18 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, labels, dropout_rng):
   return state, metrics
 
 
-def eval_step(params, batch_stats, batch, *, apply_fn):
+def eval_step(params, batch_stats, batch, *, apply_fn, input_key='image'):
   """Metric sums for a (possibly padded) evaluation batch."""
-  logits = apply_fn({'params': params, 'batch_stats': batch_stats}, model_inputs(batch),
+  logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch[input_key],
                     train=False)
   return _masked_metrics(logits, batch)
 
 
-def make_train_step(apply_fn, tx, labels, dropout_rng, mesh=None):
+def make_train_step(apply_fn, tx, param_groups, dropout_rng, mesh=None, input_key='image'):
   """The jit-compiled train step for one phase; it donates its state. With a `mesh`, the batch is
   split over its devices and the state replicated (data parallelism)."""
-  step = functools.partial(train_step, apply_fn=apply_fn, tx=tx, labels=labels,
-                           dropout_rng=dropout_rng)
+  step = functools.partial(train_step, apply_fn=apply_fn, tx=tx, param_groups=param_groups,
+                           dropout_rng=dropout_rng, input_key=input_key)
   if mesh is None:
     return jax.jit(step, donate_argnums=0)
   replicated = parallel.replicated(mesh)
@@ -88,9 +85,9 @@ def make_train_step(apply_fn, tx, labels, dropout_rng, mesh=None):
                  out_shardings=replicated)
 
 
-def make_eval_step(apply_fn, mesh=None):
+def make_eval_step(apply_fn, mesh=None, input_key='image'):
   """The jit-compiled eval step (batch split over the `mesh`'s devices, if given)."""
-  step = functools.partial(eval_step, apply_fn=apply_fn)
+  step = functools.partial(eval_step, apply_fn=apply_fn, input_key=input_key)
   if mesh is None:
     return jax.jit(step)
   replicated = parallel.replicated(mesh)

@@ -5,7 +5,8 @@ every file is checked: files that are not images by extension, images that do no
 over `max_pixels` (read from the file's header; JPEGs count at 1/8 scale, see
 `transforms.decode_rgb`) are skipped with a counted warning; file names that are not valid UTF-8 are
 read as bytes; a wrong root, a missing `train/`, a class folder missing from a split
-or an empty training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and BMP
+or an empty training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and
+BMP
 images decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
 validation and test take `holdout` fractions of it; with no `test/`, it takes `test_fraction` of
 `validation/` (as the tutorial carves its test batches out of the validation set). A split that
@@ -97,7 +98,7 @@ def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
     if skipped:
       logging.warning('%s: skipped %d %s, e.g. %s', folder, len(skipped), kind, skipped[:3])
   files = LabelledFiles(tuple(p for p, good in zip(candidates, ok) if good),
-                        tuple(l for l, good in zip(labels, ok) if good))
+                        tuple(label for label, good in zip(labels, ok) if good))
   for label, name in enumerate(class_names):
     if label not in files.labels:
       logging.warning('%s has no usable images', folder / name)

@@ -1,12 +1,12 @@
 """Per-example image transforms in TensorFlow: the tutorial's preprocessing and augmentation.
 
-Augmentation is stateless: every random choice comes from an explicit `seed` (a shape-[2] int tensor),
+Augmentation is stateless: every random choice comes from an explicit `seed` (a shape-[2] int
+tensor),
 so an epoch's augmented images depend only on the run's seed, the epoch and the example's position.
 """
 import math
 
 import tensorflow as tf
-
 
 JPEG_SCALES = (1, 2, 4, 8)  # the reduced-size decodings libjpeg offers (`decode_jpeg(ratio=...)`)
 

@@ -1,8 +1,10 @@
 """Depthwise 2D convolution with two interchangeable implementations.
 
-`grouped` is `lax.conv_general_dilated` with `feature_group_count=channels`, which cuDNN serves well.
+`grouped` is `lax.conv_general_dilated` with `feature_group_count=channels`, which cuDNN serves
+well.
 XLA:CPU compiles grouped convolutions poorly, so `shifted` computes the same thing as k*k shifted,
-strided slices of the padded input, each scaled per channel and summed: on MobileNetV2 shapes it is an
+strided slices of the padded input, each scaled per channel and summed: on MobileNetV2 shapes it is
+an
 order of magnitude faster on CPU. `auto` picks `shifted` on CPU and `grouped` elsewhere.
 """
 import jax
@@ -51,7 +53,8 @@ def shifted_depthwise(x, kernel, strides: int, padding):
 
 
 class DepthwiseConv2D(nn.Module):
-  """A bias-free depthwise convolution (depth multiplier 1) with a `kernel` of shape (k, k, 1, C)."""
+  """A bias-free depthwise convolution (depth multiplier 1) with a `kernel` of shape (k, k, 1,
+  C)."""
   kernel_size: int = 3
   strides: int = 1
   padding: str = 'SAME'

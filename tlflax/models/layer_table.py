@@ -2,15 +2,18 @@
 
 `keras.applications.MobileNetV2` is a flat functional model whose `layers` list is what the Keras
 tutorial indexes ("fine-tune from layer 100" is `base_model.layers[100:]`). `mobilenet_v2_layers`
-reproduces that list exactly: same names, same order, same indices. The Flax module is built by walking
-it, so the table and the model cannot drift apart, and weight porting and freezing look layers up in it.
+reproduces that list exactly: same names, same order, same indices. The Flax module is built by
+walking
+it, so the table and the model cannot drift apart, and weight porting and freezing look layers up
+in it.
 """
 import dataclasses
 from typing import Mapping, Optional, Sequence
 
 import jax
 
-# (expansion, output filters before alpha, stride) of the 17 inverted residual blocks, block_id 0..16.
+# (expansion, output filters before alpha, stride) of the 17 inverted residual blocks, block_id
+# 0..16.
 INVERTED_RESIDUAL_BLOCKS = (
     (1, 16, 1),
     (6, 24, 2), (6, 24, 1),
@@ -123,7 +126,8 @@ def layer_index(layers: Sequence[Layer]) -> dict[str, int]:
 
 
 def variable_layers_from(layers: Sequence[Layer], start: int) -> list[str]:
-  """Names of the layers with variables among `layers[start:]` (Keras's `base_model.layers[start:]`)."""
+  """Names of the layers with variables among `layers[start:]` (Keras's
+  `base_model.layers[start:]`)."""
   if not 0 <= start <= len(layers):
     raise ValueError(f'layer index {start} is outside 0..{len(layers)} for this model')
   return [layer.name for layer in layers[start:] if layer.has_variables]

@@ -12,7 +12,7 @@ from typing import Optional
 
 from tlflax.models import variable_shapes
 from tlflax.weights.convert import WeightsError, check_variables, to_flax_variables
-from tlflax.weights.download import (DownloadError, KERAS_BASE_URL, check_sha256, fetch,
+from tlflax.weights.download import (KERAS_BASE_URL, DownloadError, check_sha256, fetch,
                                      keras_weights_filename)
 from tlflax.weights.keras_h5 import read_h5
 from tlflax.weights.native import NATIVE_SUFFIX, load_variables, save_variables

@@ -1,7 +1,8 @@
 """Readers for Keras HDF5 weight files.
 
 Two layouts exist:
-- legacy HDF5 (the Keras-applications downloads, `model.save('x.h5')`): root attribute `layer_names`,
+- legacy HDF5 (the Keras-applications downloads, `model.save('x.h5')`): root attribute
+`layer_names`,
   one group per layer with attribute `weight_names` such as `Conv1/kernel:0` (published files) or
   `Conv1/kernel` (Keras 3); a full-model file nests all of this under `model_weights`.
 - Keras 3 `.weights.h5` (`model.save_weights`): `layers/<class name>[_N]/vars/<i>`, where the group

@@ -1,9 +1,12 @@
 """Reader for TFLite flatbuffers of MobileNetV2 (float, float16 or int8/uint8 quantized).
 
-TFLite converters fold each BatchNorm into the preceding convolution's kernel and bias. Reading a file
-back, the convolution and depthwise ops, in execution order, map one to one onto the Keras conv layers;
+TFLite converters fold each BatchNorm into the preceding convolution's kernel and bias. Reading a
+file
+back, the convolution and depthwise ops, in execution order, map one to one onto the Keras conv
+layers;
 each folded bias becomes a BatchNorm with gamma 1, beta = bias, moving mean 0 and moving variance
-1 - epsilon, which computes exactly `x + bias`. A 1001-way classifier (TF-slim's, with `background` at
+1 - epsilon, which computes exactly `x + bias`. A 1001-way classifier (TF-slim's, with `background`
+at
 index 0) loses its first row so that class `i` means what it means in Keras.
 
 The flatbuffer is parsed with the `tflite` schema package: no interpreter is needed to read weights.
@@ -42,7 +45,8 @@ class _Graph:
       name = _OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), 'CUSTOM')
       self.ops.append((name, list(op.InputsAsNumpy()), list(op.OutputsAsNumpy())))
     # float16 models keep weights behind DEQUANTIZE ops: read through them.
-    self.dequantized_from = {outs[0]: ins[0] for name, ins, outs in self.ops if name == 'DEQUANTIZE'}
+    self.dequantized_from = {outs[0]: ins[0] for name, ins, outs in self.ops if name ==
+    'DEQUANTIZE'}
 
   def tensor_name(self, index: int) -> str:
     return self.graph.Tensors(index).Name().decode()

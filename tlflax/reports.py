@@ -1,0 +1,42 @@
+"""What a run leaves in its workdir besides checkpoints: strict JSON, the final variables,
+figures."""
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+from flax import serialization
+
+from tlflax import plots
+from tlflax.classifier import class_probabilities
+from tlflax.data.pipeline import eval_dataset
+
+
+def write_atomically(path: Path, content: bytes):
+  """Writes a temporary file and renames it into place: a crash never leaves a truncated file."""
+  temporary = path.with_name(f'.{path.name}.tmp')
+  temporary.write_bytes(content)
+  os.replace(temporary, path)
+
+
+def write_json(path: Path, value):
+  """Strict JSON (no NaN or Infinity), written atomically."""
+  write_atomically(path, json.dumps(value, indent=2, allow_nan=False).encode())
+
+
+def write_reports(run, history: dict, variables: dict):
+  """history.json, test_metrics.json, final_variables.msgpack and the two figures."""
+  write_json(run.workdir / 'history.json', history)
+  write_json(run.workdir / 'test_metrics.json', history['test'])
+  write_atomically(run.workdir / 'final_variables.msgpack', serialization.to_bytes(variables))
+  if history['epochs']:
+    plots.learning_curves(history, run.workdir / 'learning_curves.png')
+  # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)
+  test = run.splits['test']
+  shuffled = dataclasses.replace(test, dataset=test.dataset.shuffle(1000, seed=run.config.seed))
+  batch = next(eval_dataset(shuffled, run.image_feed.config).as_numpy_iterator())
+  logits = jax.jit(run.model.apply)(variables, batch['image'][:9])
+  names, probabilities = class_probabilities(logits, run.class_names)
+  plots.prediction_grid(batch['image'][:9], names, probabilities,
+                        run.workdir / 'predictions.png')

@@ -1,0 +1,138 @@
+"""Starting or resuming a run in its workdir, checked against the config that made it.
+
+`restore_or_initialize(run)` returns where training stands (`Position`): after the newest
+checkpoint that restores (`Checkpoints.restore_newest`), or at the start with the initial
+variables. A checkpoint records the resolved config; a run whose config differs stops, listing
+the keys, unless the run allows the change and the checkpoint can take it.
+"""
+import dataclasses
+import itertools
+import json
+import os
+from typing import Optional
+
+import jax
+from absl import logging
+
+from tlflax import config as config_lib
+from tlflax import parallel
+from tlflax.classifier import init_variables
+from tlflax.errors import CheckpointError, ConfigError, DataError
+from tlflax.phases import Phase, locate, phase_plan
+from tlflax.reports import write_json
+from tlflax.steps import TrainState
+
+
+@dataclasses.dataclass
+class Position:
+  """Where training stands: after global epoch `epoch` and step `step`."""
+  epoch: int
+  step: int
+  variables: dict  # {'params', 'batch_stats'} on the mesh
+  history: dict  # what history.json holds
+  state: Optional[TrainState] = None  # mid-phase: the phase's train state, optimizer included
+
+
+def restore_or_initialize(run) -> Position:
+  """The newest checkpoint that restores, checked against the config; else a fresh start."""
+  def restore(epoch):
+    meta = checkpoint_meta(run.checkpoints, epoch)
+    changed = _config_changes(run, meta['config'])
+    phase, done = _check_resume(run, meta, epoch, changed)
+    if done < phase.settings.epochs:  # mid-phase: the optimizer state too
+      _, tx = run.optimizer(phase)
+      state = run.checkpoints.restore_state(
+          epoch, jax.eval_shape(lambda: TrainState.create(run.abstract, tx)))
+      return Position(epoch, meta['step'], state.variables, meta['history'], state), changed
+    return Position(epoch, meta['step'], run.checkpoints.restore_model(epoch, run.abstract),
+                    meta['history']), changed
+
+  restored = run.checkpoints.restore_newest(restore, set_aside=True)
+  if restored is not None:
+    epoch, (position, changed) = restored
+    logging.info('Resuming from %s after epoch %d', run.workdir, epoch)
+    _write_config(run, changed, epoch)
+    return position
+  config_path = run.workdir / 'config.json'
+  stored = json.loads(config_path.read_text()) if config_path.is_file() else None
+  _write_config(run, _config_changes(run, stored), 0)
+  init_rng, _ = run.rngs()
+  variables = init_variables(run.model, run.config.image_size, init_rng, run.config.model.weights)
+  return Position(0, 0, parallel.replicate(variables, run.mesh), {'epochs': [], 'phases': {}})
+
+
+def config_as_json(config) -> dict:
+  """The resolved config as plain JSON values (what `config.json` and checkpoints record), with
+  `phase_order` as the list of names it resolves to."""
+  values = json.loads(config.to_json_best_effort())
+  values['phase_order'] = [name for name, _ in config_lib.ordered_phases(config)]
+  return values
+
+
+META_KEYS = ('phase', 'phase_epoch', 'epoch', 'step', 'class_names', 'config', 'history')
+
+
+def checkpoint_meta(checkpoints, epoch: int) -> dict:
+  meta = checkpoints.restore_meta(epoch)
+  missing = [key for key in META_KEYS if key not in meta]
+  if missing:
+    raise CheckpointError(f'the checkpoint of epoch {epoch} in {checkpoints.workdir} lacks '
+                          f'{missing}: it was written by an older tlflax. Use another workdir.')
+  return meta
+
+
+def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, int]:
+  """The phase and epochs done that checkpoint `epoch` stands for under the run's config, which
+  may differ from the checkpoint's (`changed`) only where the run can still continue."""
+  if meta['class_names'] != run.class_names:
+    raise DataError(f'{run.workdir} holds a run on classes {meta["class_names"]}; the data now has '
+                    f'{run.class_names}. Use another workdir.')
+  phase, done = locate(phase_plan(run.config), epoch)
+  if (phase.name, done) != (meta['phase'], meta['phase_epoch']):
+    raise ConfigError(f'cannot continue {run.workdir}: its epoch {epoch} was epoch '
+                      f'{meta["phase_epoch"]} of phase {meta["phase"]!r}, and the config now makes '
+                      f'it epoch {done} of phase {phase.name!r}. Use another workdir.')
+  structural = {'model.alpha'}
+  if done < phase.settings.epochs:  # the optimizer state carries on
+    structural |= {f'phases.{phase.name}.{key}' for key in ('fine_tune_at', 'optimizer')}
+  blocking = sorted(structural & set(changed))
+  if blocking:
+    raise ConfigError(f'cannot continue {run.workdir} with a new {", ".join(blocking)}: the '
+                      'checkpoint holds parameters or optimizer state of another shape. Use '
+                      'another workdir.')
+  return phase, done
+
+
+def _config_changes(run, stored: Optional[dict]) -> dict:
+  """{key: (stored, now)} where the run's config differs from the `stored` one of the workdir's
+  run; a difference outside `config_lib.RESUME_SAFE` is a `ConfigError` unless
+  `allow_config_change`."""
+  changed = config_lib.differences(stored, config_as_json(run.config)) if stored else {}
+  unsafe = {k: v for k, v in changed.items() if k not in config_lib.RESUME_SAFE}
+  if unsafe and not run.allow_config_change:
+    raise ConfigError(f'{run.workdir} holds a run made with another config '
+                      f'({_listing(unsafe)}). Use another workdir, or pass '
+                      '--allow_config_change to continue this run with the new values.')
+  return changed
+
+
+def _listing(changed: dict) -> str:
+  return '; '.join(f'{key}: {old!r} -> {new!r}' for key, (old, new) in changed.items())
+
+
+def _write_config(run, changed: dict, epoch: int):
+  """config.json := the run's config. A config it replaces (`changed`) is kept as
+  config.before_epoch_<epoch>.json."""
+  if not run.primary:
+    return
+  config_path = run.workdir / 'config.json'
+  if changed:
+    logging.warning('Continuing %s with a changed config: %s', run.workdir, _listing(changed))
+    if config_path.exists():
+      kept = run.workdir / f'config.before_epoch_{epoch}.json'
+      for again in itertools.count(2):
+        if not kept.exists():
+          break
+        kept = run.workdir / f'config.before_epoch_{epoch}_{again}.json'
+      os.replace(config_path, kept)
+  write_json(config_path, config_as_json(run.config))
