@@ -13,12 +13,11 @@ weights (the shared ImageNet MobileNetV2 TFLite file, ported once), 160x160, bat
     keras-jax       the same code on Keras's JAX backend
 
 Each run is its own process; the runs are interleaved (A B C D A B C D ...) so that machine noise
-hits
-all alike. Per phase: training images/s (median over the epochs after each phase's first),
-evaluation
-images/s (validation, same epochs), the first step's time less a typical step (compilation), the
-phase's wall time (compile, caches, every epoch and its validation) and the process's peak resident
-memory. Writes OUT/keras_comparison.{md,json,png} and prints the ratios last.
+hits all alike. Per phase: training images/s (median over the epochs after each phase's first),
+evaluation images/s (validation, same epochs), the first step's time less a typical step
+(compilation), the phase's wall time (compile, caches, every epoch and its validation) and the
+process's peak resident memory. Writes OUT/keras_comparison.{md,json,png} and prints the ratios
+last.
 """
 import json
 import os

@@ -4,8 +4,8 @@ parameters.
     scripts/setup.sh && .venv/bin/python scripts/fault_injection.py [--points=10] [--seed=0]
 
 The run is the tests' tiny recipe (synthetic images, random alpha-0.35 weights, 1 + 3 epochs,
-through
-`main.py`; it needs the test extra for the weights file). Kill points, each with a random delay:
+through `main.py`; it needs the test extra for the weights file). Kill points, each with a random
+delay:
 
     epoch           during a phase-2 epoch
     save            while a checkpoint after the first is being written (its temporary folder

@@ -9,8 +9,7 @@ def random_keras_model(alpha: float, include_top: bool, size: int, seed: int = 0
 
   Keras's initial BatchNorm statistics (mean 0, variance 1) let random activations saturate, which
   would make outputs insensitive to porting mistakes. Instead every BatchNorm gets a random gamma
-  and
-  beta, and moving statistics set to the batch statistics of random images (one pass in training
+  and beta, and moving statistics set to the batch statistics of random images (one pass in training
   mode with momentum 0), as in a trained network.
   """
   import keras

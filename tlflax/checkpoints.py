@@ -3,11 +3,10 @@
 `WORKDIR/checkpoints/<epoch>/` holds, after every epoch (the last `keep` of them), three items:
 `model` (params and batch_stats: all that evaluation and prediction need), `train` (the whole
 `TrainState`, optimizer included) and `meta` (phase, epoch, class names, config, history). At the
-end
-of each phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a temporary
-folder and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
-A checkpoint that does not restore (a damaged file) is skipped for the one before it
-(`restore_newest`).
+end of each phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a
+temporary folder and renames it when complete, so a run killed mid-save leaves the previous
+checkpoint intact. A checkpoint that does not restore (a damaged file) is skipped for the one before
+it (`restore_newest`).
 """
 import copy
 import shutil

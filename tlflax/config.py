@@ -1,9 +1,8 @@
 """Checking a run's config before any work: unknown keys, wrong types and bad values, by name.
 
 `ml_collections.ConfigDict` iterates its keys in sorted order, not in the order they were written,
-so
-the order of `config.phases` is the explicit `config.phase_order`; `ordered_phases` is the one place
-that reads it.
+so the order of `config.phases` is the explicit `config.phase_order`; `ordered_phases` is the one
+place that reads it.
 """
 from typing import Callable
 

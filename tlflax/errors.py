@@ -1,5 +1,4 @@
-"""The errors a user can act on. `main.py` prints any `RunError` as one line, without a
-traceback."""
+"""The errors a user can act on: `main.py` prints any `RunError` as one line, no traceback."""
 
 
 class RunError(Exception):

@@ -2,17 +2,12 @@
 activations.
 
 A phase trains backbone layers from `fine_tune_at` up (none when None) and the head. The layers
-below
-are frozen and their BatchNorm is in inference mode, so without augmentation their output for an
-image never changes during the phase. `CachedFeed` runs them once over the training and validation
-splits and then serves batches of those activations (`batch['activations']`) in exactly the order
-and padding of the image pipeline: the pooled features in phase 1 (about 5 KB per image) and the
-activations at layer `fine_tune_at` in phase 2 (about 270 KB per image at 160x160 and layer 100).
-Training on them gives the same result as training on images, minus the frozen part's cost.
-
-A feed owns what the steps need to read its batches: `input_key` (the batch entry the model takes),
-`apply_fn` (the model run from the feed's first layer), `eval_step`, and `steps_per_epoch`; and
-`record()`, what a phase's history says about it.
+below are frozen and their BatchNorm is in inference mode, so without augmentation their output for
+an image never changes during the phase. `CachedFeed` runs them once over the training and
+validation splits and then serves batches of those activations (`batch['activations']`) in exactly
+the order and padding of the image pipeline: the pooled features in phase 1 (about 5 KB per image)
+and the activations at layer `fine_tune_at` in phase 2 (about 270 KB per image at 160x160 and layer
+100). Training on them gives the same result as training on images, minus the frozen part's cost.
 """
 import functools
 import time

@@ -4,13 +4,12 @@ Classes are the sub-folders of `train/` in sorted order (label i = i-th name). B
 every file is checked: files that are not images by extension, images that do not decode and images
 over `max_pixels` (read from the file's header; JPEGs count at 1/8 scale, see
 `transforms.decode_rgb`) are skipped with a counted warning; file names that are not valid UTF-8 are
-read as bytes; a wrong root, a missing `train/`, a class folder missing from a split
-or an empty training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and
-BMP
-images decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
+read as bytes; a wrong root, a missing `train/`, a class folder missing from a split or an empty
+training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and BMP images
+decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
 validation and test take `holdout` fractions of it; with no `test/`, it takes `test_fraction` of
-`validation/` (as the tutorial carves its test batches out of the validation set). A split that
-ends up empty is an error naming it.
+`validation/` (as the tutorial carves its test batches out of the validation set). A split that ends
+up empty is an error naming it.
 """
 import dataclasses
 import os

@@ -1,8 +1,8 @@
 """Per-example image transforms in TensorFlow: the tutorial's preprocessing and augmentation.
 
 Augmentation is stateless: every random choice comes from an explicit `seed` (a shape-[2] int
-tensor),
-so an epoch's augmented images depend only on the run's seed, the epoch and the example's position.
+tensor), so an epoch's augmented images depend only on the run's seed, the epoch and the example's
+position.
 """
 import math
 

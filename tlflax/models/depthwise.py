@@ -1,11 +1,10 @@
 """Depthwise 2D convolution with two interchangeable implementations.
 
 `grouped` is `lax.conv_general_dilated` with `feature_group_count=channels`, which cuDNN serves
-well.
-XLA:CPU compiles grouped convolutions poorly, so `shifted` computes the same thing as k*k shifted,
-strided slices of the padded input, each scaled per channel and summed: on MobileNetV2 shapes it is
-an
-order of magnitude faster on CPU. `auto` picks `shifted` on CPU and `grouped` elsewhere.
+well. XLA:CPU compiles grouped convolutions poorly, so `shifted` computes the same thing as k*k
+shifted, strided slices of the padded input, each scaled per channel and summed: on MobileNetV2
+shapes it is an order of magnitude faster on CPU. `auto` picks `shifted` on CPU and `grouped`
+elsewhere.
 """
 import jax
 import jax.numpy as jnp

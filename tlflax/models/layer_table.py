@@ -3,9 +3,8 @@
 `keras.applications.MobileNetV2` is a flat functional model whose `layers` list is what the Keras
 tutorial indexes ("fine-tune from layer 100" is `base_model.layers[100:]`). `mobilenet_v2_layers`
 reproduces that list exactly: same names, same order, same indices. The Flax module is built by
-walking
-it, so the table and the model cannot drift apart, and weight porting and freezing look layers up
-in it.
+walking it, so the table and the model cannot drift apart, and weight porting and freezing look
+layers up in it.
 """
 import dataclasses
 from typing import Mapping, Optional, Sequence

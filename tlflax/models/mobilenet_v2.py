@@ -2,8 +2,7 @@
 
 Variables are keyed by Keras layer names (`params['Conv1']['kernel']`,
 `batch_stats['bn_Conv1']['mean']`, ...), and the module is built by walking the Keras layer table,
-so
-Keras layer indices (as in "fine-tune from layer 100") mean the same here.
+so Keras layer indices (as in "fine-tune from layer 100") mean the same here.
 """
 from typing import Optional
 

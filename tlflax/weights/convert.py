@@ -1,8 +1,7 @@
 """From Keras per-layer weights to Flax variables, and the strict check of the result.
 
 Every reader in this package returns `KerasWeights`: for each Keras layer name, that layer's arrays
-in
-Keras `layer.get_weights()` order (`KERAS_VARIABLES` says which). One converter turns that into
+in Keras `layer.get_weights()` order (`KERAS_VARIABLES` says which). One converter turns that into
 `{'params': ..., 'batch_stats': ...}` for `tlflax.models.MobileNetV2`.
 """
 from typing import Mapping

@@ -2,9 +2,9 @@
 
 Two layouts exist:
 - legacy HDF5 (the Keras-applications downloads, `model.save('x.h5')`): root attribute
-`layer_names`,
-  one group per layer with attribute `weight_names` such as `Conv1/kernel:0` (published files) or
-  `Conv1/kernel` (Keras 3); a full-model file nests all of this under `model_weights`.
+  `layer_names`, one group per layer with attribute `weight_names` such as `Conv1/kernel:0`
+  (published files) or `Conv1/kernel` (Keras 3); a full-model file nests all of this under
+  `model_weights`.
 - Keras 3 `.weights.h5` (`model.save_weights`): `layers/<class name>[_N]/vars/<i>`, where the group
   names are derived from the layer classes in `model.layers` order (`conv2d`, `conv2d_1`, ...), not
   from the layer names.

@@ -1,13 +1,10 @@
 """Reader for TFLite flatbuffers of MobileNetV2 (float, float16 or int8/uint8 quantized).
 
 TFLite converters fold each BatchNorm into the preceding convolution's kernel and bias. Reading a
-file
-back, the convolution and depthwise ops, in execution order, map one to one onto the Keras conv
-layers;
-each folded bias becomes a BatchNorm with gamma 1, beta = bias, moving mean 0 and moving variance
-1 - epsilon, which computes exactly `x + bias`. A 1001-way classifier (TF-slim's, with `background`
-at
-index 0) loses its first row so that class `i` means what it means in Keras.
+file back, the convolution and depthwise ops, in execution order, map one to one onto the Keras conv
+layers; each folded bias becomes a BatchNorm with gamma 1, beta = bias, moving mean 0 and moving
+variance 1 - epsilon, which computes exactly `x + bias`. A 1001-way classifier (TF-slim's, with
+`background` at index 0) loses its first row so that class `i` means what it means in Keras.
 
 The flatbuffer is parsed with the `tflite` schema package: no interpreter is needed to read weights.
 """
