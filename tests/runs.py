@@ -44,9 +44,10 @@ def tiny_config(base: Path):
   return config
 
 
-def run_main(workdir, config_overrides, *extra, wait=True, env=None):
-  """`python main.py` on configs/cats_dogs.py; (exit code, output), or the process if not `wait`."""
-  command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/cats_dogs.py',
+def run_main(workdir, config_overrides, *extra, wait=True, env=None,
+             config_file=ROOT / 'configs' / 'cats_dogs.py'):
+  """`python main.py` on `config_file`; (exit code, output), or the process if not `wait`."""
+  command = [sys.executable, str(ROOT / 'main.py'), f'--config={config_file}',
              f'--workdir={workdir}', *config_overrides, *extra]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=None if env is None else {**os.environ, **env})

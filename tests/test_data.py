@@ -1,5 +1,6 @@
 """Input pipelines: TFDS splits, image folders with bad files, Keras-equal transforms, batching."""
 import logging
+import re
 import os
 
 import jax
@@ -358,3 +359,34 @@ def test_an_empty_split_is_an_error_naming_it(tmp_path):
   make_folder(tmp_path / 'data', per_class=1, splits=('validation',))
   with pytest.raises(DataError, match=r'the test split has no usable images \(there is no test/'):
     folder_splits(root)
+
+
+def test_a_new_augmentation_is_one_registered_function_and_one_config_entry(tiny_run, tmp_path):
+  """An op registered here, in the test file, is used by name from the config: it changes the
+  training batches, a tiny run trains with it, and bad names or arguments fail naming the key."""
+  from tlflax.data import augment
+  from tlflax.errors import ConfigError
+  from tlflax.train import check_config, train_and_evaluate
+
+  @augment.register('invert')
+  def invert(image, seed, probability):
+    flip = tf.random.stateless_uniform([], seed) < probability
+    return tf.where(flip, 255.0 - image, image)
+
+  source = folder_splits(tiny_run.data.folder)['train']
+  def first_epoch(**kwargs):
+    config = PipelineConfig(batch_size=4, image_size=32, flip=False, rotation_factor=0.0, **kwargs)
+    return np.concatenate([b['image'] for b in train_dataset(source, config, 0)
+                           .as_numpy_iterator()])
+  plain, inverted = first_epoch(), first_epoch(augment_ops='invert(1.0)')
+  np.testing.assert_allclose(inverted, -plain, atol=1e-5)  # [-1, 1]: 255 - x is -x
+  config = tiny_run.copy_and_resolve_references()
+  config.data.augment_ops = 'invert(0.5)'
+  config.phases.fine_tune.epochs = 0
+  history = train_and_evaluate(config, tmp_path).history
+  assert [e['phase'] for e in history['epochs']] == ['feature_extraction']
+  for spec, message in (('nope', "unknown op 'nope'"), ('invert(1, 2)', 'bad arguments'),
+                        ('invert(', 'cannot read')):
+    config.data.augment_ops = spec
+    with pytest.raises(ConfigError, match=rf'data.augment_ops: {re.escape(message)}'):
+      check_config(config)

@@ -7,45 +7,96 @@ place that reads it.
 from typing import Callable
 
 import ml_collections
+from ml_collections import config_dict
 
-from tlflax.data.sources import SPLIT_SCHEMES
+from tlflax.data import augment, sources
 from tlflax.errors import ConfigError
-from tlflax.models.depthwise import IMPLEMENTATIONS
+from tlflax.models.depthwise import resolve_implementation
 from tlflax.optim import OPTIMIZERS
 from tlflax.weights.download import KERAS_ALPHAS
 
-PHASE_FIELDS = {'epochs': int, 'optimizer': str, 'learning_rate': float, 'fine_tune_at': int}
-# The keys a run's config may have (besides `phases`, whose names are free), with their types.
-SCHEMA = {
-    'seed': int, 'image_size': int, 'batch_size': int, 'checkpoints_to_keep': int,
-    'phase_order': tuple,
-    'model': {'alpha': float, 'weights': str, 'dropout': float, 'depthwise_implementation': str},
-    'data': {'folder': str, 'tfds_name': str, 'split_scheme': str, 'data_dir': str,
-             'shuffle_buffer': int, 'flip': bool, 'rotation_factor': float, 'max_pixels': int},
-    'compute': {'dtype': str, 'cache_frozen': bool, 'cache_limit_gb': float, 'prefetch': int},
-}
 DTYPES = ('float32', 'bfloat16')
 
 
+def phase(epochs: int, optimizer: str, learning_rate: float, fine_tune_at=None):
+  """One training phase. `fine_tune_at`: first Keras layer index of the backbone to train (the
+  tutorial's `base_model.layers[fine_tune_at:]`); None keeps the whole backbone frozen."""
+  return ml_collections.ConfigDict({
+      'epochs': epochs,
+      'optimizer': optimizer,  # adam | rmsprop | sgd
+      'learning_rate': learning_rate,
+      'fine_tune_at': config_dict.placeholder(int) if fine_tune_at is None else fine_tune_at,
+  })
 
 
-def _check_against(config, schema, prefix=''):
-  """Every key of `config` is in `schema`, with its type (an int where a float goes is fine), and
-  every key of `schema` is in `config`."""
-  missing = [key for key in schema if key not in config]
+def defaults() -> ml_collections.ConfigDict:
+  """Every setting a run reads, with the tutorial's values. It is also the definition a config is
+  checked against: a key it lacks is unknown, and each value must have the type of its default
+  (a `placeholder` default may also be None). `configs/cats_dogs.py` builds on it."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.image_size = 160
+  config.batch_size = 32
+
+  config.model = ml_collections.ConfigDict()
+  config.model.alpha = 1.0
+  # 'imagenet' (the Keras download), a .h5/.weights.h5/.tflite/.msgpack path, or 'none' (random).
+  config.model.weights = 'imagenet'
+  config.model.dropout = 0.2
+  config.model.depthwise_implementation = 'auto'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.folder = ''  # an ImageFolder root; empty: TFDS
+  config.data.tfds_name = 'cats_vs_dogs'
+  config.data.split_scheme = 'original'  # original (80/10/10) | later (test from validation)
+  config.data.data_dir = ''  # empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.data.shuffle_buffer = 1000
+  config.data.flip = True
+  config.data.rotation_factor = 0.2
+  # More augmentation: registered ops run after flip and rotation (`tlflax.data.augment`).
+  config.data.augment_ops = ''
+  # Images larger than this (decoded pixels) are skipped with a warning; JPEGs are decoded at 1/2,
+  # 1/4 or 1/8 scale first where that brings them under it.
+  config.data.max_pixels = 50_000_000
+
+  config.compute = ml_collections.ConfigDict()
+  config.compute.dtype = 'float32'  # or 'bfloat16': mixed precision (parameters stay float32)
+  # Without augmentation, run each phase's frozen layers once and train on their cached outputs.
+  config.compute.cache_frozen = False
+  config.compute.cache_limit_gb = 8.0  # per process; above it a phase trains on images instead
+  config.compute.prefetch = 2  # batches put on the devices ahead of the step
+
+  config.phases = ml_collections.ConfigDict()
+  config.phases.feature_extraction = phase(10, 'adam', 1e-4)
+  config.phases.fine_tune = phase(10, 'rmsprop', 1e-5, fine_tune_at=100)  # base rate / 10
+  config.phase_order = ('feature_extraction', 'fine_tune')
+
+  config.checkpoints_to_keep = 3
+  return config
+
+
+def _check_against(config, reference, prefix=''):
+  """Every key of `config` is in `reference`, with the type of its value there (an int where a
+  float goes is fine; None where the reference holds a placeholder), and every key of `reference`
+  is in `config`. Top-level `phases`, whose names are free, is left to `validate`."""
+  known = sorted(key for key in reference.keys() if prefix or key != 'phases')
+  missing = [key for key in known if key not in config]
   if missing:
-    raise ConfigError(f'config has no {prefix}{missing[0]} (expected keys: {sorted(schema)})')
+    raise ConfigError(f'config has no {prefix}{missing[0]} (expected keys: {known})')
   for key, value in config.items():
     name = f'{prefix}{key}'
-    if key not in schema:
-      raise ConfigError(f'unknown config key {name!r}; known: {sorted(schema)}')
-    expected = schema[key]
-    if isinstance(expected, dict):
+    if key == 'phases' and not prefix:
+      continue
+    if key not in reference:
+      raise ConfigError(f'unknown config key {name!r}; known: {known}')
+    expected = reference[key]
+    if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f'config key {name!r} must be a group of settings')
       _check_against(value, expected, name + '.')
-    elif not _has_type(value, expected):
-      raise ConfigError(f'config key {name!r} must be {expected.__name__}, got {value!r}')
+    elif not (_has_type(value, reference.get_type(key)) or (value is None and expected is None)):
+      label = name if prefix.startswith('phases.') else f'config key {name!r}'
+      raise ConfigError(f'{label} must be {reference.get_type(key).__name__}, got {value!r}')
 
 
 def _has_type(value, expected) -> bool:
@@ -75,7 +126,7 @@ def ordered_phases(config: ml_collections.ConfigDict) -> list:
 def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[], int]):
   """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value.
   `backbone_layer_count()` is asked once the model settings are known to be valid."""
-  _check_against({k: v for k, v in config.items() if k != 'phases'}, SCHEMA)
+  _check_against(config, defaults())
   if 'phases' not in config:
     raise ConfigError('config has no phases')
   if not config.phases:
@@ -93,39 +144,44 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
        f'data.shuffle_buffer must be >= 1, got {config.data.shuffle_buffer}'),
       (config.data.max_pixels >= config.image_size ** 2,
        f'data.max_pixels must be >= image_size**2, got {config.data.max_pixels}'),
-      (config.data.split_scheme in SPLIT_SCHEMES,
-       f'data.split_scheme must be one of {sorted(SPLIT_SCHEMES)}'),
-      (config.model.depthwise_implementation in IMPLEMENTATIONS,
-       f'model.depthwise_implementation must be one of {IMPLEMENTATIONS}'),
       (0 <= config.model.dropout < 1, 'model.dropout must be in [0, 1)'),
       (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
       (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
-      (not config.compute.cache_frozen or (not config.data.flip and not
-      config.data.rotation_factor),
-       'compute.cache_frozen needs data.flip=False and data.rotation_factor=0: cached activations '
-       'cannot be augmented'),
+      (not config.compute.cache_frozen
+       or not (config.data.flip or config.data.rotation_factor or config.data.augment_ops),
+       'compute.cache_frozen needs data.flip=False, data.rotation_factor=0 and no '
+       'data.augment_ops: cached activations cannot be augmented'),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  for key, check in (('data.split_scheme', sources.check_split_scheme),
+                     ('model.depthwise_implementation', resolve_implementation)):
+    try:  # the library's own check, here naming the config key
+      check(config[key.split('.')[0]][key.split('.')[1]])
+    except ValueError as e:
+      raise ConfigError(f'{key}: {e}') from e
+  augment.parse(config.data.augment_ops)
 
-  for phase_name, phase in ordered_phases(config):
+  template = phase(0, 'adam', 1.0)
+  for phase_name, settings in ordered_phases(config):
     prefix = f'phases.{phase_name}'
-    fields = set(phase.keys())
-    if fields != set(PHASE_FIELDS):
-      raise ConfigError(f'{prefix} must have exactly {sorted(PHASE_FIELDS)}, has {sorted(fields)}')
-    for key, kind in PHASE_FIELDS.items():
-      value = phase[key]
-      if not (_has_type(value, kind) or (key == 'fine_tune_at' and value is None)):
-        raise ConfigError(f'{prefix}.{key} must be {kind.__name__}, got {value!r}')
-    if phase.epochs < 0 or phase.learning_rate <= 0:
-      raise ConfigError(f'{prefix}: epochs must be >= 0 and learning_rate > 0')
-    if phase.optimizer not in OPTIMIZERS:
-      raise ConfigError(f'{prefix}.optimizer must be one of {sorted(OPTIMIZERS)}, '
-                        f'got {phase.optimizer!r}')
-    if phase.fine_tune_at is not None and not 0 <= phase.fine_tune_at <= backbone_layer_count():
-      raise ConfigError(f'{prefix}.fine_tune_at must be a Keras layer index in '
-                        f'0..{backbone_layer_count()} (or None), got {phase.fine_tune_at}')
+    if set(settings.keys()) != set(template.keys()):
+      raise ConfigError(f'{prefix} must have exactly {sorted(template.keys())}, has '
+                        f'{sorted(settings.keys())}')
+    _check_against(settings, template, prefix + '.')
+    _check_phase_values(settings, prefix, backbone_layer_count)
+
+
+def _check_phase_values(settings, prefix: str, backbone_layer_count: Callable[[], int]):
+  if settings.epochs < 0 or settings.learning_rate <= 0:
+    raise ConfigError(f'{prefix}: epochs must be >= 0 and learning_rate > 0')
+  if settings.optimizer not in OPTIMIZERS:
+    raise ConfigError(f'{prefix}.optimizer must be one of {sorted(OPTIMIZERS)}, '
+                      f'got {settings.optimizer!r}')
+  if settings.fine_tune_at is not None and not 0 <= settings.fine_tune_at <= backbone_layer_count():
+    raise ConfigError(f'{prefix}.fine_tune_at must be a Keras layer index in '
+                      f'0..{backbone_layer_count()} (or None), got {settings.fine_tune_at}')
 
 # Settings a resumed run may change without --allow_config_change: they do not change what it
 # computes from here on (the weights file is read only at the start; cached activations give

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from tlflax import parallel
-from tlflax.classifier import Classifier
+from tlflax.classifier import Classifier, backbone_layers
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset, train_steps)
 from tlflax.data.sources import Source
@@ -129,3 +129,21 @@ class CachedFeed:
   def evaluation(self, split: str) -> Iterator[dict]:
     """The split's examples once, padded to whole batches like `eval_dataset` (its order too)."""
     return self._batches(split, eval_indices(self.images.splits[split], self.images.config))
+
+
+def for_phase(compute, model: Classifier, variables, images: ImageFeed,
+              fine_tune_at: Optional[int]):
+  """A phase's feed: cached activations below its first trained layer when `compute.cache_frozen`
+  asks for them and they fit in `compute.cache_limit_gb`; else `images`."""
+  if not compute.cache_frozen:
+    return images
+  boundary = cache_boundary(fine_tune_at, len(backbone_layers(model)))
+  examples = sum(images.splits[name].num_examples for name in ('train', 'validation'))
+  size = cache_bytes(model, variables, images.config.image_size, boundary,
+                     examples // jax.process_count())
+  if size > compute.cache_limit_gb * 1e9:
+    logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
+                    'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
+                    compute.cache_limit_gb)
+    return images
+  return CachedFeed(model, variables, images, boundary)

@@ -61,7 +61,7 @@ def pipeline_config(config) -> PipelineConfig:
   return PipelineConfig(image_size=config.image_size, batch_size=config.batch_size,
                         shuffle_buffer=config.data.shuffle_buffer, flip=config.data.flip,
                         rotation_factor=config.data.rotation_factor, seed=config.seed,
-                        max_pixels=config.data.max_pixels)
+                        max_pixels=config.data.max_pixels, augment_ops=config.data.augment_ops)
 
 
 class _MetricSums:
@@ -180,8 +180,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                phase.name, settings.epochs, settings.optimizer, settings.learning_rate,
                settings.fine_tune_at, f"{counts['trainable']:,}", f"{counts['frozen']:,}")
   phase_start = time.perf_counter()  # from here: caches, compilation, epochs and validation
-  feed = _phase_feed(run, state.variables, feeds.cache_boundary(
-      settings.fine_tune_at, len(backbone_layers(run.model))))
+  feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
+                         settings.fine_tune_at)
   _, dropout_rng = run.rngs()
   train_step = make_train_step(feed.apply_fn, tx, groups, dropout_rng, run.mesh, feed.input_key)
   for epoch in range(position.epoch + 1, phase.last_epoch + 1):
@@ -274,22 +274,6 @@ def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: s
                            'Nothing of this epoch was saved; the last checkpoint is the last '
                            'good state.')
   return means
-
-
-def _phase_feed(run: Run, variables, boundary: int):
-  """Cached activations at `boundary` when the config asks and they fit; else the image feed."""
-  compute = run.config.compute
-  if not compute.cache_frozen:
-    return run.image_feed
-  examples = sum(run.splits[name].num_examples for name in ('train', 'validation'))
-  size = feeds.cache_bytes(run.model, variables, run.config.image_size, boundary,
-                          examples // jax.process_count())
-  if size > compute.cache_limit_gb * 1e9:
-    logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
-                    'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
-                    compute.cache_limit_gb)
-    return run.image_feed
-  return feeds.CachedFeed(run.model, variables, run.image_feed, boundary)
 
 
 def restore_for_inference(config, workdir, mesh) -> tuple[Classifier, dict, list]:

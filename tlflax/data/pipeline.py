@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from tlflax.data import augment as augmentation
 from tlflax.data import transforms
 from tlflax.data.folders import DataError
 from tlflax.data.sources import Source
@@ -34,6 +35,7 @@ class PipelineConfig:
   rotation_factor: float = 0.2
   seed: int = 0
   max_pixels: int = 50_000_000  # larger JPEGs are decoded at reduced scale (`decode_rgb`)
+  augment_ops: str = ''  # registered ops after flip and rotation (`tlflax.data.augment`)
 
 
 def _local_batch_size(batch_size: int) -> int:
@@ -80,12 +82,13 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data
   local_batch = _local_batch_size(config.batch_size)
   steps = train_steps(source, config)
   epoch_seed = _epoch_seed(config.seed, epoch)
+  augment = augmentation.chain(config.flip, config.rotation_factor, config.augment_ops)
 
   def transform(index, example):
     image = transforms.resize(transforms.decode_rgb(example['image'], config.max_pixels),
                               config.image_size)
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-    image = transforms.augment(image, seed, config.flip, config.rotation_factor)
+    image = augment(image, seed)
     return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
             'mask': tf.constant(True)}
 

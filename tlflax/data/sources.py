@@ -31,12 +31,16 @@ class Source:
   class_names: tuple[str, ...]
 
 
+def check_split_scheme(name: str):
+  """Raises `DataError` unless `name` is one of `SPLIT_SCHEMES`."""
+  if name not in SPLIT_SCHEMES:
+    raise folders.DataError(f'split_scheme must be one of {sorted(SPLIT_SCHEMES)}, got {name!r}')
+
+
 def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
                 data_dir: Optional[str] = None) -> dict[str, Source]:
   """The train/validation/test splits of a TFDS image classification dataset."""
-  if split_scheme not in SPLIT_SCHEMES:
-    raise folders.DataError(f'split_scheme must be one of {sorted(SPLIT_SCHEMES)}, '
-                            f'got {split_scheme!r}')
+  check_split_scheme(split_scheme)
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()
   class_names = tuple(builder.info.features['label'].names)

@@ -1,11 +1,6 @@
-"""Per-example image transforms in TensorFlow: the tutorial's preprocessing and augmentation.
-
-Augmentation is stateless: every random choice comes from an explicit `seed` (a shape-[2] int
-tensor), so an epoch's augmented images depend only on the run's seed, the epoch and the example's
-position.
+"""Per-example image transforms in TensorFlow: decoding, the tutorial's preprocessing, and the
+Keras-equal rotation that the augmentation ops (`tlflax.data.augment`) use.
 """
-import math
-
 import tensorflow as tf
 
 JPEG_SCALES = (1, 2, 4, 8)  # the reduced-size decodings libjpeg offers (`decode_jpeg(ratio=...)`)
@@ -68,15 +63,3 @@ def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
       images=image[None], transforms=rotation_transform(angle, shape[0], shape[1])[None],
       output_shape=shape[:2], fill_value=0.0, interpolation='BILINEAR', fill_mode='REFLECT')
   return tf.ensure_shape(rotated[0], image.shape)
-
-
-def augment(image: tf.Tensor, seed: tf.Tensor, flip: bool, rotation_factor: float) -> tf.Tensor:
-  """Random horizontal flip and rotation by up to `rotation_factor` of a full turn."""
-  flip_seed, angle_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  if rotation_factor:
-    limit = rotation_factor * 2 * math.pi
-    angle = tf.random.stateless_uniform([], angle_seed, -limit, limit)
-    image = rotate(image, angle)
-  return image
