@@ -71,8 +71,7 @@ def main(argv):
 
 
 def parse_flags(argv):
-  """absl's parsing, with bad `--config.*` overrides (unknown key, wrong type) as one-line
-  errors."""
+  """absl's parsing, with bad `--config.*` overrides (unknown key, wrong type) as one line."""
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

@@ -1,7 +1,7 @@
 """Is training input-bound or compute-bound? Pipeline images/s beside training-step images/s.
 
-    .venv/bin/python bench/input_pipeline.py [--folder ../shared/data/cats_vs_dogs_mini] [--epochs
-    4]
+    .venv/bin/python bench/input_pipeline.py \
+        [--folder ../shared/data/cats_vs_dogs_mini] [--epochs 4]
 
 Measures, in one run on the same machine (medians over epochs/steps after a warm-up):
 1. the tf.data training pipeline on the folder's train split at 160x160, batch 32, with and without

@@ -291,8 +291,8 @@ from tlflax.data.pipeline import global_batch
 mesh = jax.make_mesh((4,), ('data',))
 sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 arrays = global_batch({'label': np.arange(8, dtype=np.int32)}, sharding)
-shards = sorted((s.device.id, np.asarray(s.data).tolist()) for s in
-arrays['label'].addressable_shards)
+shards = sorted((s.device.id, np.asarray(s.data).tolist())
+                for s in arrays['label'].addressable_shards)
 print(jax.device_count(), shards)
 '''
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
@@ -386,7 +386,25 @@ def test_a_new_augmentation_is_one_registered_function_and_one_config_entry(tiny
   history = train_and_evaluate(config, tmp_path).history
   assert [e['phase'] for e in history['epochs']] == ['feature_extraction']
   for spec, message in (('nope', "unknown op 'nope'"), ('invert(1, 2)', 'bad arguments'),
-                        ('invert(', 'cannot read')):
+                        ('invert(', 'cannot read'), ('rotate("a")', 'fails on a test image')):
     config.data.augment_ops = spec
-    with pytest.raises(ConfigError, match=rf'data.augment_ops: {re.escape(message)}'):
+    with pytest.raises(ConfigError, match=rf'data.augment_ops: .*{re.escape(message)}'):
       check_config(config)
+
+
+def test_augmentation_ops_run_in_order_with_seeds_by_position():
+  """The chain is flip (seed 0), rotation (seed 1), then the named ops in order (seeds 2, ...):
+  the tutorial's draws stay as they were whatever follows them."""
+  from tlflax.data import augment
+  augment.register('plus')(lambda image, seed, c: image + c)
+  augment.register('times')(lambda image, seed, c: image * c)
+  image = tf.random.stateless_uniform((12, 16, 3), [1, 2], 0, 255)
+  seed = tf.constant([3, 4], tf.int64)
+  ordered = augment.chain(False, 0.0, 'plus(1)|times(2)')(image, seed)
+  np.testing.assert_allclose(ordered, (image + 1) * 2, rtol=1e-6)
+  np.testing.assert_allclose(augment.chain(False, 0.0, 'times(2)|plus(1)')(image, seed),
+                             image * 2 + 1, rtol=1e-6)
+  flip_seed, rotation_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  tutorial = augment.rotate(augment.flip_lr(image, flip_seed), rotation_seed, 0.2)
+  for extra in ('', 'plus(0)'):
+    np.testing.assert_array_equal(augment.chain(True, 0.2, extra)(image, seed), tutorial)

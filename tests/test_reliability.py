@@ -1,5 +1,4 @@
-"""Reliability: phase order, a workdir's config, divergence, damaged checkpoints, kills, strict
-JSON."""
+"""Reliability: phase order, a workdir's config, divergence, damaged checkpoints, kills, JSON."""
 import json
 import os
 import shutil
@@ -138,6 +137,24 @@ def test_a_diverging_run_stops_before_checkpointing_the_diverged_state(tiny_run,
   assert [e['phase'] for e in history['epochs']] == ['feature_extraction']
   metrics = evaluate_checkpoint(config, tmp_path)  # the last good state
   assert np.isfinite(metrics['loss'])
+
+
+def test_a_setting_added_since_a_run_was_made_does_not_block_its_resume():
+  """A workdir's stored config that lacks a key tlflax added later (at its default now) is the
+  same config; set to something else, it differs."""
+  stored = json.loads(config_lib.defaults().to_json_best_effort())
+  del stored['data']['augment_ops']
+  current = json.loads(config_lib.defaults().to_json_best_effort())
+  assert config_lib.differences(stored, current) == {}
+  current['data']['augment_ops'] = 'flip_lr'
+  assert config_lib.differences(stored, current) == {'data.augment_ops': (None, 'flip_lr')}
+
+
+def test_evaluation_needs_no_training_batch(tiny_run, finished_run):
+  """A batch larger than the training split is fine for evaluating a checkpoint."""
+  config = tiny_run.copy_and_resolve_references()
+  config.batch_size = 64
+  assert evaluate_checkpoint(config, finished_run[0])['count'] == 12
 
 
 def test_json_files_are_strict_and_replaced_whole(tmp_path):

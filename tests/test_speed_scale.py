@@ -63,10 +63,10 @@ def count_products(model, variables, fine_tune_at):
   tx = optim.make_optimizer('sgd', 0.1, groups)
   batch = {'image': jnp.zeros((2, 32, 32, 3)), 'label': jnp.zeros(2, jnp.int32),
            'mask': jnp.ones(2, bool)}
-  jaxpr = str(jax.make_jaxpr(
-      lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, param_groups=groups,
-                              dropout_rng=jax.random.key(0)))(TrainState.create(variables, tx),
-                              batch))
+  def step(state, batch):
+    return train_step(state, batch, apply_fn=model.apply, tx=tx, param_groups=groups,
+                      dropout_rng=jax.random.key(0))
+  jaxpr = str(jax.make_jaxpr(step)(TrainState.create(variables, tx), batch))
   return jaxpr.count('conv_general_dilated[') + jaxpr.count('dot_general[')
 
 

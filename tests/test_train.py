@@ -118,7 +118,10 @@ def config_file_with(change):
      r"names twice \['fine_tune'\]"),
     (lambda c: c.update(phase_order=('head', 'fine_tune', 'feature_extraction')),
      r"names undefined phases \['head'\]"),
-    (lambda c: c.pop('phase_order'), 'config has no phase_order')])
+    (lambda c: c.pop('phase_order'), 'config has no phase_order'),
+    (lambda c: c['compute'].update(cache_frozen=True), 'compute.cache_frozen needs data.flip'),
+    (lambda c: c['data'].update(flip=False, rotation_factor=0.0, augment_ops='flip_lr') or
+     c['compute'].update(cache_frozen=True), 'compute.cache_frozen needs')])
 def test_bad_configs_fail_before_any_work_naming_the_key(change, message):
   with pytest.raises(ConfigError, match=message):
     check_config(config_file_with(change))

@@ -56,15 +56,14 @@ def backbone_layers(model: Classifier):
 def init_variables(model: Classifier, image_size: int, rng, pretrained: str) -> dict:
   """Initial `{'params', 'batch_stats'}`: a fresh head on pretrained (or, for 'none', random)
   backbone weights, loaded strictly. The head is the one `model.init(rng, ...)` would make; with
-  pretrained weights only the head is initialized, which spares compiling the whole network's
-  init."""
+  pretrained weights only the head is initialized, which spares compiling the network's init."""
   if pretrained == 'none':
     return jax.jit(model.init, static_argnames='train')(
         rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
   backbone = weights.load_pretrained(pretrained, alpha=model.alpha, include_top=False,
                                      input_size=image_size)
   width = next(layer.features for layer in reversed(backbone_layers(model)) if layer.kind == 'conv')
-  head = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, width)),
-  method=Classifier.classify))(rng)
+  head = jax.jit(lambda key: model.init(key, jnp.zeros((1, width)),
+                                       method=Classifier.classify))(rng)
   return {'params': {**head['params'], 'backbone': backbone['params']},
           'batch_stats': {'backbone': backbone['batch_stats']}}

@@ -4,6 +4,7 @@
 so the order of `config.phases` is the explicit `config.phase_order`; `ordered_phases` is the one
 place that reads it.
 """
+import json
 from typing import Callable
 
 import ml_collections
@@ -11,7 +12,7 @@ from ml_collections import config_dict
 
 from tlflax.data import augment, sources
 from tlflax.errors import ConfigError
-from tlflax.models.depthwise import resolve_implementation
+from tlflax.models.depthwise import check_implementation
 from tlflax.optim import OPTIMIZERS
 from tlflax.weights.download import KERAS_ALPHAS
 
@@ -148,20 +149,23 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
       (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
       (not config.compute.cache_frozen
-       or not (config.data.flip or config.data.rotation_factor or config.data.augment_ops),
+       or not (config.data.flip or config.data.rotation_factor
+               or augment.parse(config.data.augment_ops)),
        'compute.cache_frozen needs data.flip=False, data.rotation_factor=0 and no '
        'data.augment_ops: cached activations cannot be augmented'),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  for key, check in (('data.split_scheme', sources.check_split_scheme),
-                     ('model.depthwise_implementation', resolve_implementation)):
+  for key, value, check in (
+      ('data.split_scheme', config.data.split_scheme, sources.check_split_scheme),
+      ('model.depthwise_implementation', config.model.depthwise_implementation,
+       check_implementation)):
     try:  # the library's own check, here naming the config key
-      check(config[key.split('.')[0]][key.split('.')[1]])
+      check(value)
     except ValueError as e:
       raise ConfigError(f'{key}: {e}') from e
-  augment.parse(config.data.augment_ops)
+  augment.check(config.data.augment_ops)
 
   template = phase(0, 'adam', 1.0)
   for phase_name, settings in ordered_phases(config):
@@ -202,7 +206,10 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 def differences(stored: dict, current: dict) -> dict:
   """{dotted key: (stored value, current value)} of two configs as JSON, a key missing on one
-  side as None."""
+  side as None. A key the stored config lacks (a setting added to tlflax since) that holds its
+  default now is no difference."""
   old, new = _flat(stored), _flat(current)
+  default = _flat(json.loads(defaults().to_json_best_effort()))
   return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-          if old.get(key) != new.get(key)}
+          if old.get(key) != new.get(key)
+          and not (key not in old and key in default and new[key] == default[key])}

@@ -34,7 +34,10 @@ class ImageFeed:
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
     self.apply_fn = model.apply
     self.eval_step = make_eval_step(self.apply_fn, mesh, self.input_key)
-    self.steps_per_epoch = train_steps(splits['train'], config)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return train_steps(self.splits['train'], self.config)
 
   def record(self) -> dict:
     return {'cached_from_layer': None, 'cache_seconds': 0.0}
@@ -101,7 +104,6 @@ class CachedFeed:
     self.boundary, self.images = boundary, images
     self.apply_fn = functools.partial(model.apply, start=boundary)
     self.eval_step = make_eval_step(self.apply_fn, images.mesh, self.input_key)
-    self.steps_per_epoch = images.steps_per_epoch
     frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
                                               method=Classifier.frozen_activations))
     started = time.perf_counter()
@@ -110,6 +112,10 @@ class CachedFeed:
     self.cache_seconds = time.perf_counter() - started
     logging.info('Cached activations at backbone layer %d for %s in %.1f s', boundary,
                  ', '.join(split_names), self.cache_seconds)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.images.steps_per_epoch
 
   def record(self) -> dict:
     return {'cached_from_layer': self.boundary, 'cache_seconds': self.cache_seconds}

@@ -58,6 +58,7 @@ def parse(spec: str) -> list[tuple[str, tuple]]:
     if not match:
       raise ConfigError(f'data.augment_ops: cannot read {part!r}; write name or name(arg, ...)')
     name, arguments = match.groups()
+    arguments = (arguments or '').strip().rstrip(',')
     if name not in OPS:
       raise ConfigError(f'data.augment_ops: unknown op {name!r}; registered: {sorted(OPS)}')
     try:
@@ -67,6 +68,18 @@ def parse(spec: str) -> list[tuple[str, tuple]]:
       raise ConfigError(f'data.augment_ops: bad arguments in {part.strip()!r} ({e})') from e
     ops.append((name, values))
   return ops
+
+
+def check(spec: str):
+  """`parse(spec)`, then one run of its ops on a small image, so that arguments of the wrong kind
+  fail here, naming `data.augment_ops`, and not at the first training step."""
+  if not parse(spec):
+    return
+  try:
+    chain(False, 0.0, spec)(tf.fill((8, 8, 3), 128.0), tf.constant([0, 0], tf.int64))
+  except Exception as e:  # any op's own failure
+    raise ConfigError(f'data.augment_ops: {spec!r} fails on a test image ({type(e).__name__}: '
+                      f'{e})') from e
 
 
 def chain(flip: bool, rotation_factor: float, spec: str = ''):

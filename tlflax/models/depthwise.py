@@ -14,11 +14,16 @@ from jax import lax
 IMPLEMENTATIONS = ('auto', 'grouped', 'shifted')
 
 
-def resolve_implementation(implementation: str) -> str:
-  """Turns 'auto' into the implementation that suits the default backend."""
+def check_implementation(implementation: str):
+  """Raises `ValueError` unless `implementation` is one of `IMPLEMENTATIONS`."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'depthwise implementation must be one of {IMPLEMENTATIONS}, '
                      f'got {implementation!r}')
+
+
+def resolve_implementation(implementation: str) -> str:
+  """Turns 'auto' into the implementation that suits the default backend."""
+  check_implementation(implementation)
   if implementation == 'auto':
     return 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
   return implementation
@@ -52,8 +57,7 @@ def shifted_depthwise(x, kernel, strides: int, padding):
 
 
 class DepthwiseConv2D(nn.Module):
-  """A bias-free depthwise convolution (depth multiplier 1) with a `kernel` of shape (k, k, 1,
-  C)."""
+  """A bias-free depthwise convolution (depth multiplier 1), `kernel` of shape (k, k, 1, C)."""
   kernel_size: int = 3
   strides: int = 1
   padding: str = 'SAME'

@@ -11,8 +11,7 @@ from typing import Mapping, Optional, Sequence
 
 import jax
 
-# (expansion, output filters before alpha, stride) of the 17 inverted residual blocks, block_id
-# 0..16.
+# (expansion, output filters before alpha, stride) of the 17 inverted residual blocks (0..16).
 INVERTED_RESIDUAL_BLOCKS = (
     (1, 16, 1),
     (6, 24, 2), (6, 24, 1),
@@ -125,8 +124,7 @@ def layer_index(layers: Sequence[Layer]) -> dict[str, int]:
 
 
 def variable_layers_from(layers: Sequence[Layer], start: int) -> list[str]:
-  """Names of the layers with variables among `layers[start:]` (Keras's
-  `base_model.layers[start:]`)."""
+  """Names of the layers with variables in `layers[start:]` (`base_model.layers[start:]`)."""
   if not 0 <= start <= len(layers):
     raise ValueError(f'layer index {start} is outside 0..{len(layers)} for this model')
   return [layer.name for layer in layers[start:] if layer.has_variables]

@@ -42,8 +42,8 @@ class _Graph:
       name = _OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), 'CUSTOM')
       self.ops.append((name, list(op.InputsAsNumpy()), list(op.OutputsAsNumpy())))
     # float16 models keep weights behind DEQUANTIZE ops: read through them.
-    self.dequantized_from = {outs[0]: ins[0] for name, ins, outs in self.ops if name ==
-    'DEQUANTIZE'}
+    self.dequantized_from = {outs[0]: ins[0] for name, ins, outs in self.ops
+                             if name == 'DEQUANTIZE'}
 
   def tensor_name(self, index: int) -> str:
     return self.graph.Tensors(index).Name().decode()
