@@ -67,3 +67,9 @@ def init_variables(model: Classifier, image_size: int, rng, pretrained: str) -> 
                                        method=Classifier.classify))(rng)
   return {'params': {**head['params'], 'backbone': backbone['params']},
           'batch_stats': {'backbone': backbone['batch_stats']}}
+
+
+def abstract_variables(model: Classifier, image_size: int) -> dict:
+  """Shapes and dtypes of `{'params', 'batch_stats'}` (what checkpoints restore into); nothing
+  is computed or loaded."""
+  return jax.eval_shape(lambda: init_variables(model, image_size, jax.random.key(0), 'none'))

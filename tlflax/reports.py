@@ -1,5 +1,4 @@
-"""What a run leaves in its workdir besides checkpoints: strict JSON, the final variables,
-figures."""
+"""What a run leaves in its workdir besides checkpoints: strict JSON, final variables, figures."""
 import dataclasses
 import json
 import os

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
 from tlflax import feeds, optim, parallel, reports, resume
-from tlflax.classifier import Classifier, backbone_layers, init_variables
+from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.data.pipeline import PipelineConfig
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
@@ -116,13 +116,12 @@ class Run:
     if len(class_names) != 2:
       raise DataError(f'the classifier is binary; the data has classes {class_names}')
     model = make_model(config)
-    abstract = jax.eval_shape(lambda: init_variables(model, config.image_size, jax.random.key(0),
-                                                     'none'))
     return cls(config, workdir, allow_config_change, mesh, splits, class_names, model,
                feeds.ImageFeed(model, splits, pipeline_config(config), mesh,
                                config.compute.prefetch),
-               abstract, checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
-                                                     parallel.replicated(mesh)))
+               abstract_variables(model, config.image_size),
+               checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
+                                           parallel.replicated(mesh)))
 
   def rngs(self):
     """(initialization key, dropout key) from the config's seed."""
@@ -184,6 +183,7 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                          settings.fine_tune_at)
   _, dropout_rng = run.rngs()
   train_step = make_train_step(feed.apply_fn, tx, groups, dropout_rng, run.mesh, feed.input_key)
+  config_json = resume.config_as_json(run.config)  # what each checkpoint records
   for epoch in range(position.epoch + 1, phase.last_epoch + 1):
     state, record = _run_epoch(phase, epoch, state, train_step, feed)
     history['epochs'].append(record)
@@ -194,7 +194,7 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
     run.checkpoints.save(epoch, state, {
         'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
         'step': int(state.step), 'class_names': run.class_names,
-        'config': resume.config_as_json(run.config), 'history': history})
+        'config': config_json, 'history': history})
     if run.primary:
       reports.write_json(run.workdir / 'history.json', history)
   return Position(phase.last_epoch, int(state.step), state.variables, history)
@@ -280,8 +280,7 @@ def restore_for_inference(config, workdir, mesh) -> tuple[Classifier, dict, list
   """(model, variables, class names) of the workdir's newest checkpoint that restores."""
   model = make_model(config)
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh))
-  abstract = jax.eval_shape(lambda: init_variables(
-      model, config.image_size, jax.random.key(0), 'none'))
+  abstract = abstract_variables(model, config.image_size)
 
   def restore(epoch):
     meta = resume.checkpoint_meta(checkpoints, epoch)
