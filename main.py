@@ -20,10 +20,13 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:vari
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'],
+                  'evaluate: the split to evaluate (per-class report in WORKDIR/evaluation/).')
 flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
 flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s run although the '
                   'config differs from the one it was made with (e.g. more epochs in the last '
-                  'phase). Without it, a difference stops the run, listing the keys.')
+                  'phase). Without it, a difference stops the run, listing the keys. evaluate: '
+                  'evaluate on data settings (seed, data.*) other than the training run\'s.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host runs); '
                   'implied by --num_processes > 1.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: HOST:PORT of process 0.')
@@ -49,19 +52,21 @@ def main(argv):
   if FLAGS.distributed or (FLAGS.num_processes or 1) > 1:
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from tlflax import predict, train
+  from tlflax import evaluation, predict, train
   from tlflax.errors import RunError
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     elif FLAGS.mode == 'evaluate':
-      metrics = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-      print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")
+      report = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split,
+                                           FLAGS.allow_config_change)
+      print(evaluation.format_report(report, FLAGS.split))
+      print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
     else:
       if not FLAGS.inputs:
         raise app.UsageError('--mode=predict needs --inputs=PATH')
-      for path, label, probability in predict.predict(FLAGS.config, FLAGS.workdir,
-                                                      FLAGS.inputs):
+      for path, label, probability, _ in predict.predict(FLAGS.config, FLAGS.workdir,
+                                                         FLAGS.inputs):
         print(f'{path}\t{label}\t{probability:.4f}')
       print(f'wrote {os.path.join(FLAGS.workdir, "predictions.csv")}')
   except RunError as e:

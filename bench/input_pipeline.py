@@ -32,6 +32,7 @@ from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
 from tlflax.data.pipeline import PipelineConfig, train_dataset
 from tlflax.data.sources import folder_splits
+from tlflax.objectives import Objective
 from tlflax.steps import TrainState, make_train_step
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'cats_vs_dogs_mini'
@@ -70,7 +71,7 @@ def trainer_step(fine_tune_at):
   variables = init_variables(model, 160, jax.random.key(1), 'none')
   groups = optim.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
   tx = optim.make_optimizer('adam', 1e-4, groups)
-  step = make_train_step(model.apply, tx, groups, jax.random.key(2))
+  step = make_train_step(model.apply, tx, groups, Objective(2, sigmoid=True), jax.random.key(2))
   return step, TrainState.create(variables, tx)
 
 

@@ -14,12 +14,16 @@ sys.path.insert(0, str(ROOT))
 from configs import cats_dogs  # noqa: E402
 
 
-def make_synthetic_folder(root, per_class=12, size=40):
-  """Two visually distinct classes (reddish and bluish noise)."""
+TWO_CLASSES = {'cat': (200, 60, 60), 'dog': (60, 60, 200)}
+
+
+def make_synthetic_folder(root, per_class=12, size=40, classes=TWO_CLASSES):
+  """Visually distinct classes: noise around each class's colour (by default reddish 'cat' and
+  bluish 'dog')."""
   rng = np.random.default_rng(0)
   for split, n in (('train', per_class), ('validation', per_class // 2),
                    ('test', per_class // 2)):
-    for name, base in (('cat', (200, 60, 60)), ('dog', (60, 60, 200))):
+    for name, base in classes.items():
       (root / split / name).mkdir(parents=True, exist_ok=True)
       for i in range(n):
         pixels = np.clip(np.array(base) + rng.normal(0, 40, (size, size, 3)), 0, 255)

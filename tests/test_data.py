@@ -52,7 +52,7 @@ def test_tfds_runs_on_random_mock_data():
 def test_unknown_split_scheme_is_refused():
   with pytest.raises(DataError, match='split_scheme'):
     tfds_splits('cats_vs_dogs', 'random')
-  assert set(SPLIT_SCHEMES) == {'original', 'later'}
+  assert set(SPLIT_SCHEMES) == {'original', 'later', 'auto'}
 
 
 def save(path, mode='RGB', size=(40, 30), fmt=None, color=(200, 50, 25)):
@@ -264,18 +264,26 @@ def test_processes_read_disjoint_shards_in_equal_steps(tmp_path, monkeypatch, pr
   splits = folder_splits(root)
   config = PipelineConfig(batch_size=6, image_size=8)
   monkeypatch.setattr(jax, 'process_count', lambda: processes)
-  seen, batch_counts, train_steps = [], set(), set()
+  seen, batch_counts, train_steps, positions, labels = [], set(), set(), [], []
   for index in range(processes):
     monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
     batches = list(eval_dataset(splits['test'], config).as_numpy_iterator())
     batch_counts.add(len(batches))
     assert all(len(b['label']) == 6 // processes for b in batches)
-    images = np.concatenate([b['image'] for b in batches])[np.concatenate(
-        [b['mask'] for b in batches])]
+    real = np.concatenate([b['mask'] for b in batches])
+    images = np.concatenate([b['image'] for b in batches])[real]
     seen.extend(img.tobytes() for img in images)
+    indices = np.concatenate([b['index'] for b in batches])
+    assert np.all(indices[~real] == -1)
+    positions.extend(indices[real])
+    labels.extend(np.concatenate([b['label'] for b in batches])[real])
     train_steps.add(len(list(train_dataset(splits['train'], config, 0).as_numpy_iterator())))
   assert len(batch_counts) == 1 and len(train_steps) == 1
   assert len(seen) == 17  # every example once over all processes
+  assert sorted(positions) == list(range(17))  # 'index': each example's place in the split
+  in_split_order = np.array(labels)[np.argsort(positions)]
+  np.testing.assert_array_equal(in_split_order, [
+      x['label'] for x in splits['test'].dataset.as_numpy_iterator()])
   with pytest.raises(DataError, match='not divisible'):
     list(eval_dataset(splits['test'], PipelineConfig(batch_size=7)).as_numpy_iterator())
 

@@ -157,6 +157,38 @@ def test_evaluation_needs_no_training_batch(tiny_run, finished_run):
   assert evaluate_checkpoint(config, finished_run[0])['count'] == 12
 
 
+def test_evaluate_and_predict_refuse_what_the_workdir_was_not_trained_on(tiny_run, finished_run,
+                                                                          tmp_path):
+  """Another seed or data (whose carved splits may hold training images), other classes, another
+  head: each stops naming what differs, in evaluate, predict and resume."""
+  from runs import make_synthetic_folder
+  from tlflax.errors import ConfigError, DataError
+  from tlflax.predict import predict
+  from tlflax.resume import trained_with_sigmoid
+  workdir = copy_of(finished_run, tmp_path)
+  config = tiny_run.copy_and_resolve_references()
+  config.seed = 1
+  with pytest.raises(ConfigError, match=r'other data settings \(seed: 0 -> 1\)'):
+    evaluate_checkpoint(config, workdir)
+  assert evaluate_checkpoint(config, workdir, other_data=True)['count'] == 12
+  config.data.folder = str(make_synthetic_folder(tmp_path / 'three', per_class=4, classes={
+      'a': (0, 0, 0), 'b': (90, 90, 90), 'c': (200, 200, 200)}))
+  with pytest.raises(DataError, match=r"classes \['cat', 'dog'\]; the config's data has "
+                                      r"\['a', 'b', 'c'\]"):
+    evaluate_checkpoint(config, workdir, other_data=True)
+  config = tiny_run.copy_and_resolve_references()
+  config.model.head = 'softmax'
+  with pytest.raises(ConfigError, match='model.head=auto; the config has softmax'):
+    next(predict(config, workdir, config.data.folder))
+  config.phases.fine_tune.epochs = 4
+  with pytest.raises(ConfigError, match='cannot continue .* new model.head'):
+    train_and_evaluate(config, workdir, allow_config_change=True)
+  assert not (workdir / 'corrupt_checkpoints').exists()  # refused, not taken for damage
+  # checkpoints from before model.head existed: two classes meant the sigmoid head
+  assert trained_with_sigmoid({'config': {'model': {'alpha': 1.0}}, 'class_names': ['a', 'b']})
+  assert not trained_with_sigmoid({'config': {'model': {}}, 'class_names': ['a', 'b', 'c']})
+
+
 def test_json_files_are_strict_and_replaced_whole(tmp_path):
   path = tmp_path / 'x.json'
   with pytest.raises(ValueError):
@@ -279,11 +311,11 @@ def test_predictions_csv_survives_hostile_file_names(tiny_run, finished_run, tmp
   rows = predict(tiny_run, finished_run[0], str(inputs / '**' / '*.jpg'))
   first_batch = [next(rows) for _ in range(tiny_run.batch_size)]
   written = list(csv.reader((finished_run[0] / 'predictions.csv').open(encoding='utf-8')))
-  assert [r[0] for r in written[1:]] == [p for p, _, _ in first_batch]  # already on disk
+  assert [r[0] for r in written[1:]] == [p for p, *_ in first_batch]  # already on disk
   every = first_batch + list(rows)
   assert len(every) == len(names)
   written = list(csv.reader((finished_run[0] / 'predictions.csv').open(encoding='utf-8')))
-  assert written[0] == ['path', 'label', 'probability'] and len(written) == len(names) + 1
-  assert all(len(row) == 3 for row in written)
+  assert written[0][:3] == ['path', 'label', 'probability'] and len(written) == len(names) + 1
+  assert all(len(row) == 7 for row in written)  # and the top 2 classes with probabilities
   assert sorted(Path(row[0]).name for row in written[1:]) == sorted(
       ['a,b.jpg', 'x\\xfe.jpg', 'plain.jpg', 'quote".jpg', 'five.jpg'])

@@ -15,8 +15,11 @@ from runs import ROOT, overrides, run_main
 from tlflax import optim
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
+from tlflax.objectives import Objective
 from tlflax.steps import TrainState, make_train_step, train_step
 from tlflax.train import train_and_evaluate
+
+BINARY = Objective(2, sigmoid=True)  # the tutorial's head
 
 
 def no_augmentation(config, cache):
@@ -65,7 +68,7 @@ def count_products(model, variables, fine_tune_at):
            'mask': jnp.ones(2, bool)}
   def step(state, batch):
     return train_step(state, batch, apply_fn=model.apply, tx=tx, param_groups=groups,
-                      dropout_rng=jax.random.key(0))
+                      objective=BINARY, dropout_rng=jax.random.key(0))
   jaxpr = str(jax.make_jaxpr(step)(TrainState.create(variables, tx), batch))
   return jaxpr.count('conv_general_dilated[') + jaxpr.count('dot_general[')
 
@@ -102,7 +105,7 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
     start = jax.tree.map(np.array, variables['params'])
     groups = optim.param_groups(variables['params'], backbone_layers(model), 100)
     tx = optim.make_optimizer('sgd', 0.1, groups)
-    state, metrics = make_train_step(model.apply, tx, groups, jax.random.key(1))(
+    state, metrics = make_train_step(model.apply, tx, groups, BINARY, jax.random.key(1))(
         TrainState.create(variables, tx), batch)
     results[dtype] = (logits, features, metrics, state.params)
   (_, features32, metrics32, params32), (logits16, features16, metrics16, params16) = (
@@ -210,7 +213,7 @@ def test_the_activation_cache_is_filled_in_place(tiny_run):
   from tlflax.data.pipeline import PipelineConfig
   from tlflax.data.sources import folder_splits
   mesh = parallel.data_mesh()
-  images = feeds.ImageFeed(Classifier(alpha=0.35), folder_splits(tiny_run.data.folder),
+  images = feeds.ImageFeed(Classifier(alpha=0.35), BINARY, folder_splits(tiny_run.data.folder),
                            PipelineConfig(image_size=96, batch_size=4), mesh)
   batches = list(images.evaluation('train'))  # decoded before measuring
   images.evaluation = lambda split: iter(batches)

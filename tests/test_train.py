@@ -1,5 +1,6 @@
 """The two-phase trainer: freezing, config errors, outputs, resume, and the CLI."""
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -16,6 +17,8 @@ from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.config import ConfigError, ordered_phases
 from tlflax.data import transforms
 from tlflax.predict import predict
+from tlflax.evaluation import summary
+from tlflax.objectives import Objective
 from tlflax.steps import TrainState, make_train_step
 from tlflax.train import check_config, evaluate_checkpoint, train_and_evaluate
 
@@ -66,7 +69,7 @@ def test_a_phase_moves_only_trainable_parameters():
   variables = init_variables(model, 48, jax.random.key(0), 'none')
   groups = optim.param_groups(variables['params'], backbone_layers(model), 120)
   tx = optim.make_optimizer('rmsprop', 1e-3, groups)
-  step = make_train_step(model.apply, tx, groups, jax.random.key(1))
+  step = make_train_step(model.apply, tx, groups, Objective(2, sigmoid=True), jax.random.key(1))
   before = jax.tree.map(np.array, variables)
   state = TrainState.create(variables, tx)
   rng = np.random.default_rng(0)
@@ -135,7 +138,7 @@ def test_default_and_local_configs_are_valid():
   assert local.phases.fine_tune.fine_tune_at == 100 and local.phases.fine_tune.learning_rate == 1e-5
 
 
-def test_end_to_end_run_writes_every_output(tiny_run, tmp_path):
+def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog):
   workdir = tmp_path / 'run'
   history = train_and_evaluate(tiny_run, workdir).history
   for name in ('config.json', 'history.json', 'test_metrics.json', 'final_variables.msgpack',
@@ -143,7 +146,7 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path):
                'phases/fine_tune', 'checkpoints'):
     assert (workdir / name).exists(), name
   assert Image.open(workdir / 'learning_curves.png').size == (800, 800)
-  assert Image.open(workdir / 'predictions.png').size == (900, 900)
+  assert Image.open(workdir / 'predictions.png').size[0] == 900  # 3 columns of 3 inches
   saved = json.loads((workdir / 'history.json').read_text())
   assert [e['phase'] for e in saved['epochs']] == ['feature_extraction', 'fine_tune', 'fine_tune']
   assert [e['epoch'] for e in saved['epochs']] == [1, 2, 3]
@@ -151,29 +154,41 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path):
   assert saved['epochs'][-1]['loss'] < saved['epochs'][0]['loss']  # it learns
   assert history['test'] == json.loads((workdir / 'test_metrics.json').read_text())
 
-  metrics = evaluate_checkpoint(tiny_run, workdir)
-  assert metrics == pytest.approx(history['test'], abs=1e-6)
+  report = evaluate_checkpoint(tiny_run, workdir)
+  assert summary(report) == pytest.approx(history['test'], abs=1e-6)
   rows = list(predict(tiny_run, workdir, str(Path(tiny_run.data.folder) / 'test')))
   assert len(rows) == 12
   # each row is the final model's own verdict on that file, computed here independently
   final = serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
-  images = np.stack([transforms.preprocess(Path(p).read_bytes(), 32).numpy() for p, _, _ in rows])
-  p_dog = np.asarray(jax.nn.sigmoid(Classifier(alpha=0.35).apply(final, images)))
-  assert [label for _, label, _ in rows] == ['dog' if p > 0.5 else 'cat' for p in p_dog]
-  np.testing.assert_allclose([p for _, _, p in rows], np.maximum(p_dog, 1 - p_dog), atol=1e-5)
-  correct = sum(label == Path(path).parent.name for path, label, _ in rows)
+  images = np.stack([transforms.preprocess(Path(p).read_bytes(), 32).numpy()
+                     for p, _, _, _ in rows])
+  p_dog = np.asarray(jax.nn.sigmoid(Classifier(alpha=0.35).apply(final, images)[:, 0]))
+  assert [label for _, label, _, _ in rows] == ['dog' if p > 0.5 else 'cat' for p in p_dog]
+  np.testing.assert_allclose([p for _, _, p, _ in rows], np.maximum(p_dog, 1 - p_dog), atol=1e-5)
+  assert [[name for name, _ in top] for _, _, _, top in rows] == [
+      ['dog', 'cat'] if p > 0.5 else ['cat', 'dog'] for p in p_dog]  # top k = both classes
+  np.testing.assert_allclose([top[1][1] for _, _, _, top in rows], np.minimum(p_dog, 1 - p_dog),
+                             atol=1e-5)
+  correct = sum(label == Path(path).parent.name for path, label, _, _ in rows)
   assert correct == round(history['test']['accuracy'] * 12)  # predict agrees with evaluate
   assert correct >= 9  # the two synthetic classes are easy: it learnt them
   csv = (workdir / 'predictions.csv').read_text().splitlines()
-  assert csv[0] == 'path,label,probability' and len(csv) == 13
+  assert csv[0] == 'path,label,probability,class_1,probability_1,class_2,probability_2'
+  assert len(csv) == 13
   test_folder = Path(tiny_run.data.folder) / 'test'
   assert len(list(predict(tiny_run, workdir, str(test_folder / '*' / '*.0.jpg')))) == 2  # a glob
   assert len(list(predict(tiny_run, workdir, str(test_folder / 'dog' / 'dog.3.jpg')))) == 1
   broken = tmp_path / 'inputs'
   broken.mkdir()
-  (broken / 'broken.jpg').write_bytes(b'not a jpeg')
-  (broken / 'fine.png').write_bytes((test_folder / 'cat' / 'cat.1.jpg').read_bytes())
-  assert [Path(p).name for p, _, _ in predict(tiny_run, workdir, str(broken))] == ['fine.png']
+  for name in ('broken.jpg', 'z_broken.jpg'):  # unreadable in the middle and at the end
+    (broken / name).write_bytes(b'not a jpeg')
+  for name in ('a_fine.png', 'fine.png'):
+    (broken / name).write_bytes((test_folder / 'cat' / 'cat.1.jpg').read_bytes())
+  caplog.set_level(logging.WARNING)
+  assert [Path(p).name for p, *_ in predict(tiny_run, workdir, str(broken))] == ['a_fine.png',
+                                                                                'fine.png']
+  warned = [r.getMessage() for r in caplog.records if 'not a readable image' in r.getMessage()]
+  assert [Path(m.split()[1].rstrip(':')).name for m in warned] == ['broken.jpg', 'z_broken.jpg']
 
 
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path):

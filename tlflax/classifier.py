@@ -1,7 +1,6 @@
-"""The tutorial's classifier: a MobileNetV2 backbone, global average pooling, dropout, one logit."""
+"""The tutorial's classifier: a MobileNetV2 backbone, global average pooling, dropout, logits."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from tlflax import weights
@@ -9,7 +8,8 @@ from tlflax.models import MobileNetV2
 
 
 class Classifier(nn.Module):
-  """Binary classifier on a pretrained backbone.
+  """Classifier on a pretrained backbone, with `outputs` logits (1: the tutorial's binary head;
+  see `tlflax.objectives`).
 
   The backbone's BatchNorm always uses its moving statistics (the tutorial's
   `base_model(x, training=False)`), in every phase, also for unfrozen layers; `train` only
@@ -17,6 +17,7 @@ class Classifier(nn.Module):
   and the returned logits stay float32.
   """
   alpha: float = 1.0
+  outputs: int = 1
   dropout: float = 0.2
   depthwise_implementation: str = 'auto'
   dtype: jnp.dtype = jnp.float32
@@ -26,26 +27,20 @@ class Classifier(nn.Module):
                                 depthwise_implementation=self.depthwise_implementation,
                                 dtype=self.dtype)
     self.head_dropout = nn.Dropout(self.dropout)
-    self.head = nn.Dense(1, dtype=self.dtype)
+    self.head = nn.Dense(self.outputs, dtype=self.dtype)
 
   def __call__(self, inputs, train: bool = False, *, start: int = 0):
-    """Logits for images or, with `start` > 0, for `frozen_activations(images, start)`."""
+    """(b, outputs) logits of images, or with `start` > 0 of `frozen_activations(images, start)`."""
     return self.classify(self.backbone(inputs, train=False, start=start), train)
 
   def classify(self, features, train: bool = False):
-    """Logits for pooled backbone features: dropout, then the one-logit dense layer."""
+    """Logits for pooled backbone features: dropout, then the dense head."""
     features = self.head_dropout(features, deterministic=not train)
-    return self.head(features)[:, 0].astype(jnp.float32)
+    return self.head(features).astype(jnp.float32)
 
   def frozen_activations(self, images, stop: int) -> dict:
     """What backbone layers `stop...` need from the layers below (see `MobileNetV2`)."""
     return self.backbone(images, train=False, stop=stop)
-
-
-def class_probabilities(logits, class_names) -> tuple[list[str], np.ndarray]:
-  """The predicted class name of each logit, and the probability of that class."""
-  p = np.asarray(jax.nn.sigmoid(logits))
-  return [class_names[int(q > 0.5)] for q in p], np.where(p > 0.5, p, 1 - p)
 
 
 def backbone_layers(model: Classifier):

@@ -10,6 +10,7 @@ from typing import Callable
 import ml_collections
 from ml_collections import config_dict
 
+from tlflax import objectives
 from tlflax.data import augment, sources
 from tlflax.errors import ConfigError
 from tlflax.models.depthwise import check_implementation
@@ -45,11 +46,24 @@ def defaults() -> ml_collections.ConfigDict:
   config.model.weights = 'imagenet'
   config.model.dropout = 0.2
   config.model.depthwise_implementation = 'auto'
+  # 'auto': one logit and sigmoid cross-entropy for two classes (the tutorial), one logit per
+  # class and softmax cross-entropy for more; 'softmax' also for two; 'sigmoid' for two only.
+  config.model.head = 'auto'
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.label_smoothing = 0.0  # Keras's label_smoothing=
+  # Training-loss weight per class: '' (none), 'balanced' (n / (classes * count) from the
+  # training split) or one number per class in class order, e.g. '1,3.5,1'.
+  config.loss.class_weights = ''
 
   config.data = ml_collections.ConfigDict()
   config.data.folder = ''  # an ImageFolder root; empty: TFDS
-  config.data.tfds_name = 'cats_vs_dogs'
-  config.data.split_scheme = 'original'  # original (80/10/10) | later (test from validation)
+  config.data.tfds_name = 'cats_vs_dogs'  # any TFDS image classification dataset
+  # original: train[:80%] / [80%:90%] / [90%:] | later: test from validation (the tutorials' slices
+  # of cats_vs_dogs) | auto: the dataset's own splits, missing ones carved out per class by seed.
+  config.data.split_scheme = 'original'
+  config.data.image_feature = ''  # TFDS feature names; empty: from the dataset's info
+  config.data.label_feature = ''
   config.data.data_dir = ''  # empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.data.shuffle_buffer = 1000
   config.data.flip = True
@@ -146,6 +160,7 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       (config.data.max_pixels >= config.image_size ** 2,
        f'data.max_pixels must be >= image_size**2, got {config.data.max_pixels}'),
       (0 <= config.model.dropout < 1, 'model.dropout must be in [0, 1)'),
+      (0 <= config.loss.label_smoothing < 1, 'loss.label_smoothing must be in [0, 1)'),
       (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
       (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
       (not config.compute.cache_frozen
@@ -160,7 +175,9 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
   for key, value, check in (
       ('data.split_scheme', config.data.split_scheme, sources.check_split_scheme),
       ('model.depthwise_implementation', config.model.depthwise_implementation,
-       check_implementation)):
+       check_implementation),
+      ('model.head', config.model.head, lambda head: objectives.uses_sigmoid(head, 2)),
+      ('loss.class_weights', config.loss.class_weights, objectives.parse_class_weights)):
     try:  # the library's own check, here naming the config key
       check(value)
     except ValueError as e:

@@ -22,18 +22,20 @@ from tlflax.classifier import Classifier, backbone_layers
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset, train_steps)
 from tlflax.data.sources import Source
-from tlflax.steps import make_eval_step
+from tlflax.objectives import Objective
+from tlflax.steps import make_eval_step, make_logits_step
 
 
 class ImageFeed:
   """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps."""
   input_key = 'image'
 
-  def __init__(self, model: Classifier, splits: dict[str, Source], config: PipelineConfig, mesh,
-               prefetch: int = 2):
+  def __init__(self, model: Classifier, objective: Objective, splits: dict[str, Source],
+               config: PipelineConfig, mesh, prefetch: int = 2):
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
-    self.apply_fn = model.apply
-    self.eval_step = make_eval_step(self.apply_fn, mesh, self.input_key)
+    self.apply_fn, self.objective = model.apply, objective
+    self.eval_step = make_eval_step(self.apply_fn, objective, mesh, self.input_key)
+    self.logits_step = make_logits_step(self.apply_fn, mesh, self.input_key)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -103,7 +105,8 @@ class CachedFeed:
                split_names=('train', 'validation')):
     self.boundary, self.images = boundary, images
     self.apply_fn = functools.partial(model.apply, start=boundary)
-    self.eval_step = make_eval_step(self.apply_fn, images.mesh, self.input_key)
+    self.objective = images.objective
+    self.eval_step = make_eval_step(self.apply_fn, self.objective, images.mesh, self.input_key)
     frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
                                               method=Classifier.frozen_activations))
     started = time.perf_counter()

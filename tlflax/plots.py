@@ -28,14 +28,47 @@ def learning_curves(history: dict, path):
   plt.close(figure)
 
 
-def prediction_grid(images, labels, probabilities, path):
-  """A 3x3 grid of images in [-1, 1], titled with predicted class and its probability."""
-  figure = plt.figure(figsize=(9, 9))
-  for i in range(min(9, len(images))):
-    axis = figure.add_subplot(3, 3, i + 1)
-    axis.imshow(np.clip((images[i] + 1) / 2, 0, 1))
-    axis.set_title(f'{labels[i]} ({probabilities[i]:.2f})')
+def image_gallery(images, titles, title: str, path, columns: int = 4):
+  """A grid of uint8 (or [0, 1] float) images, each with its title, under a figure `title`."""
+  rows = max(1, -(-len(images) // columns))
+  figure = plt.figure(figsize=(3 * columns, 3.2 * rows + 0.6))
+  for i, (image, caption) in enumerate(zip(images, titles)):
+    axis = figure.add_subplot(rows, columns, i + 1)
+    axis.imshow(image)
+    axis.set_title(caption, fontsize=9)
     axis.axis('off')
+  if not len(images):
+    figure.text(0.5, 0.5, 'none', ha='center', va='center')
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def prediction_grid(images, labels, probabilities, path):
+  """The tutorial's 3x3 grid of images in [-1, 1], titled with predicted class and probability."""
+  image_gallery(np.clip((np.asarray(images[:9]) + 1) / 2, 0, 1),
+                [f'{label} ({p:.2f})' for label, p in zip(labels, probabilities)],
+                'Predictions', path, columns=3)
+
+
+def confusion_matrix(matrix, class_names, title: str, path):
+  """A heat map of a confusion matrix (rows: true class, columns: predicted), counts written in."""
+  size = max(4.0, 0.6 * len(class_names) + 2)
+  figure, axis = plt.subplots(figsize=(size + 1, size))
+  shown = axis.imshow(matrix, cmap='Blues')
+  figure.colorbar(shown, ax=axis)
+  ticks = np.arange(len(class_names))
+  axis.set_xticks(ticks, class_names, rotation=45, ha='right')
+  axis.set_yticks(ticks, class_names)
+  axis.set_xlabel('predicted class')
+  axis.set_ylabel('true class')
+  if len(class_names) <= 30:
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+      axis.text(column, row, str(count), ha='center', va='center',
+                color='white' if count > threshold else 'black')
+  axis.set_title(title)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

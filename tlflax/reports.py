@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import serialization
 
 from tlflax import plots
-from tlflax.classifier import class_probabilities
 from tlflax.data.pipeline import eval_dataset
 
 
@@ -35,7 +35,7 @@ def write_reports(run, history: dict, variables: dict):
   test = run.splits['test']
   shuffled = dataclasses.replace(test, dataset=test.dataset.shuffle(1000, seed=run.config.seed))
   batch = next(eval_dataset(shuffled, run.image_feed.config).as_numpy_iterator())
-  logits = jax.jit(run.model.apply)(variables, batch['image'][:9])
-  names, probabilities = class_probabilities(logits, run.class_names)
-  plots.prediction_grid(batch['image'][:9], names, probabilities,
-                        run.workdir / 'predictions.png')
+  probabilities = np.asarray(run.objective.probabilities(
+      jax.jit(run.model.apply)(variables, batch['image'][:9])))
+  plots.prediction_grid(batch['image'][:9], [run.class_names[i] for i in probabilities.argmax(1)],
+                        probabilities.max(1), run.workdir / 'predictions.png')

@@ -15,7 +15,7 @@ import jax
 from absl import logging
 
 from tlflax import config as config_lib
-from tlflax import parallel
+from tlflax import objectives, parallel
 from tlflax.classifier import init_variables
 from tlflax.errors import CheckpointError, ConfigError, DataError
 from tlflax.phases import Phase, locate, phase_plan
@@ -81,6 +81,13 @@ def checkpoint_meta(checkpoints, epoch: int) -> dict:
   return meta
 
 
+def trained_with_sigmoid(meta: dict) -> bool:
+  """Whether a checkpoint's model has the one-logit sigmoid head (`meta` from `checkpoint_meta`;
+  configs from before `model.head` existed meant 'auto')."""
+  return objectives.uses_sigmoid(meta['config']['model'].get('head', 'auto'),
+                                 len(meta['class_names']))
+
+
 def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, int]:
   """The phase and epochs done that checkpoint `epoch` stands for under the run's config, which
   may differ from the checkpoint's (`changed`) only where the run can still continue."""
@@ -93,6 +100,8 @@ def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, in
                       f'{meta["phase_epoch"]} of phase {meta["phase"]!r}, and the config now makes '
                       f'it epoch {done} of phase {phase.name!r}. Use another workdir.')
   structural = {'model.alpha'}
+  if trained_with_sigmoid(meta) != run.objective.sigmoid:
+    structural.add('model.head')
   if done < phase.settings.epochs:  # the optimizer state carries on
     structural |= {f'phases.{phase.name}.{key}' for key in ('fine_tune_at', 'optimizer')}
   blocking = sorted(structural & set(changed))

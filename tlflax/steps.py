@@ -9,6 +9,7 @@ import optax
 from flax import traverse_util
 
 from tlflax import parallel
+from tlflax.objectives import Objective
 
 
 @flax.struct.dataclass
@@ -31,21 +32,11 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def _masked_metrics(logits, batch):
-  """Sums of loss and correct predictions over the real (mask True) examples, and their count."""
-  labels = batch['label'].astype(jnp.float32)
-  mask = batch['mask'].astype(jnp.float32)
-  losses = optax.sigmoid_binary_cross_entropy(logits, labels)
-  correct = ((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32)
-  return {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
-          'count': jnp.sum(mask)}
-
-
-def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, dropout_rng,
-               input_key='image'):
-  """One optimizer step on `batch[input_key]`. Only parameters in the 'trainable' group are
-  differentiated, so the backward pass stops at the freeze boundary; frozen leaves get zeros,
-  which `set_to_zero` ignores."""
+def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, objective: Objective,
+               dropout_rng, input_key='image'):
+  """One optimizer step on `batch[input_key]` with the `objective`'s class-weighted loss. Only
+  parameters in the 'trainable' group are differentiated, so the backward pass stops at the
+  freeze boundary; frozen leaves get zeros, which `set_to_zero` ignores."""
   flat = traverse_util.flatten_dict(state.params)
   flat_groups = traverse_util.flatten_dict(param_groups)
   trainable = {k: v for k, v in flat.items() if flat_groups[k] == 'trainable'}
@@ -54,7 +45,7 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, dropout_
     params = traverse_util.unflatten_dict({**flat, **trainable})
     logits = apply_fn({'params': params, 'batch_stats': state.batch_stats}, batch[input_key],
                       train=True, rngs={'dropout': jax.random.fold_in(dropout_rng, state.step)})
-    metrics = _masked_metrics(logits, batch)
+    metrics = objective.metric_sums(logits, batch, weighted=True)
     return metrics['loss'] / jnp.maximum(metrics['count'], 1), metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(trainable)
@@ -66,18 +57,24 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, dropout_
   return state, metrics
 
 
-def eval_step(params, batch_stats, batch, *, apply_fn, input_key='image'):
-  """Metric sums for a (possibly padded) evaluation batch."""
+def eval_step(params, batch_stats, batch, *, apply_fn, objective: Objective, input_key='image'):
+  """Metric sums (`Objective.metric_sums`, unweighted) for a (possibly padded) evaluation batch."""
   logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch[input_key],
                     train=False)
-  return _masked_metrics(logits, batch)
+  return objective.metric_sums(logits, batch)
 
 
-def make_train_step(apply_fn, tx, param_groups, dropout_rng, mesh=None, input_key='image'):
+def logits_step(params, batch_stats, batch, *, apply_fn, input_key='image'):
+  """The logits of an evaluation batch, one row per example (padding included)."""
+  return apply_fn({'params': params, 'batch_stats': batch_stats}, batch[input_key], train=False)
+
+
+def make_train_step(apply_fn, tx, param_groups, objective: Objective, dropout_rng, mesh=None,
+                    input_key='image'):
   """The jit-compiled train step for one phase; it donates its state. With a `mesh`, the batch is
   split over its devices and the state replicated (data parallelism)."""
   step = functools.partial(train_step, apply_fn=apply_fn, tx=tx, param_groups=param_groups,
-                           dropout_rng=dropout_rng, input_key=input_key)
+                           objective=objective, dropout_rng=dropout_rng, input_key=input_key)
   if mesh is None:
     return jax.jit(step, donate_argnums=0)
   replicated = parallel.replicated(mesh)
@@ -85,11 +82,21 @@ def make_train_step(apply_fn, tx, param_groups, dropout_rng, mesh=None, input_ke
                  out_shardings=replicated)
 
 
-def make_eval_step(apply_fn, mesh=None, input_key='image'):
-  """The jit-compiled eval step (batch split over the `mesh`'s devices, if given)."""
-  step = functools.partial(eval_step, apply_fn=apply_fn, input_key=input_key)
+def _jit_evaluation(step, mesh, out_sharding):
   if mesh is None:
     return jax.jit(step)
   replicated = parallel.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=replicated)
+                 out_shardings=out_sharding(mesh))
+
+
+def make_eval_step(apply_fn, objective: Objective, mesh=None, input_key='image'):
+  """The jit-compiled eval step (batch split over the `mesh`'s devices, if given)."""
+  return _jit_evaluation(functools.partial(eval_step, apply_fn=apply_fn, objective=objective,
+                                           input_key=input_key), mesh, parallel.replicated)
+
+
+def make_logits_step(apply_fn, mesh=None, input_key='image'):
+  """The jit-compiled `logits_step`; its logits stay split over the mesh like the batch."""
+  return _jit_evaluation(functools.partial(logits_step, apply_fn=apply_fn, input_key=input_key),
+                         mesh, parallel.batch_sharding)

@@ -6,7 +6,11 @@ from the previous phase's parameters with a fresh optimizer), evaluates on the t
 writes:
 
     config.json, history.json, test_metrics.json, learning_curves.png, predictions.png,
+    evaluation/{validation,test}{.json,_confusion.png,_mistakes.png} (per-class evaluation),
     final_variables.msgpack, checkpoints/<epoch>/, phases/<phase name>/
+
+The class count comes from the data, the head's width and loss from the class count
+(`tlflax.objectives`).
 
 Started again on the same workdir, it resumes after the newest checkpoint that restores: the
 checkpoint's global epoch and the config's phase lengths give the phase and the epoch inside it,
@@ -28,33 +32,59 @@ from tqdm import tqdm
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import feeds, optim, parallel, reports, resume
+from tlflax import evaluation, feeds, objectives, optim, parallel, reports, resume
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.data.pipeline import PipelineConfig
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
+from tlflax.objectives import Objective
 from tlflax.phases import Phase, phase_plan
 from tlflax.resume import Position
 from tlflax.steps import TrainState, make_train_step
 
 
-def make_model(config) -> Classifier:
-  return Classifier(alpha=config.model.alpha, dropout=config.model.dropout,
+def make_model(config, objective: Objective) -> Classifier:
+  return Classifier(alpha=config.model.alpha, outputs=objective.outputs,
+                    dropout=config.model.dropout,
                     depthwise_implementation=config.model.depthwise_implementation,
                     dtype=jnp.dtype(config.compute.dtype))
 
 
 def check_config(config):
   """Fails with `ConfigError` naming the key, before any work, if `config` cannot run."""
-  config_lib.validate(config, lambda: len(backbone_layers(make_model(config))))
+  config_lib.validate(config, lambda: len(backbone_layers(Classifier(alpha=config.model.alpha))))
 
 
 def load_splits(config) -> dict:
+  """The config's train/validation/test `Source`s, their class counts logged and checked."""
   if config.data.folder:
-    return sources.folder_splits(config.data.folder, seed=config.seed,
-                                 max_pixels=config.data.max_pixels)
-  return sources.tfds_splits(config.data.tfds_name, config.data.split_scheme,
-                             config.data.data_dir or None)
+    splits = sources.folder_splits(config.data.folder, seed=config.seed,
+                                   max_pixels=config.data.max_pixels)
+  else:
+    splits = sources.tfds_splits(config.data.tfds_name, config.data.split_scheme,
+                                 config.data.data_dir or None, config.seed,
+                                 config.data.image_feature, config.data.label_feature)
+  sources.check_class_counts(splits)
+  return splits
+
+
+def make_objective(config, class_names, train_counts=None) -> Objective:
+  """The loss and predictions for data with `class_names` under the config's `model.head` and
+  `loss` settings. Class weights come from the training split's `train_counts`; without them
+  (inference, whose losses are unweighted) there are none."""
+  try:
+    sigmoid = objectives.uses_sigmoid(config.model.head, len(class_names))
+  except ValueError as e:
+    raise ConfigError(f'model.head: {e}') from e
+  try:
+    weights = (objectives.class_weights(config.loss.class_weights, train_counts)
+               if train_counts is not None else None)
+  except ValueError as e:
+    raise ConfigError(f'loss.class_weights for classes {list(class_names)}: {e}') from e
+  if weights is not None:
+    logging.info('Class weights: %s', ', '.join(f'{n} {w:.4g}'
+                                                for n, w in zip(class_names, weights)))
+  return Objective(len(class_names), sigmoid, config.loss.label_smoothing, weights)
 
 
 def pipeline_config(config) -> PipelineConfig:
@@ -65,8 +95,8 @@ def pipeline_config(config) -> PipelineConfig:
 
 
 class _MetricSums:
-  """Running sums of the steps' {'loss', 'correct', 'count'}, kept on the device, and their means
-  (reading those waits for the steps)."""
+  """Running sums of the steps' {'loss', 'correct', 'count'[, 'correct_top_k']}, kept on the
+  device, and their means (reading those waits for the steps)."""
 
   def __init__(self):
     self.sums = None
@@ -77,11 +107,15 @@ class _MetricSums:
   def means(self) -> dict:
     sums = {k: float(v) for k, v in self.sums.items()}
     count = max(sums['count'], 1)
-    return {'loss': sums['loss'] / count, 'accuracy': sums['correct'] / count}
+    means = {'loss': sums['loss'] / count, 'accuracy': sums['correct'] / count}
+    if 'correct_top_k' in sums:
+      means[f'top{objectives.TOP_K}_accuracy'] = sums['correct_top_k'] / count
+    return means
 
 
 def evaluate(eval_step, variables: dict, batches) -> dict:
-  """Loss, accuracy and count of the examples in `batches` (every example of a split once)."""
+  """Loss, accuracy (top-5 too above 5 classes) and count of the examples in `batches` (every
+  example of a split once)."""
   sums = _MetricSums()
   for batch in batches:
     sums.add(eval_step(variables['params'], variables['batch_stats'], batch))
@@ -97,6 +131,7 @@ class Run:
   mesh: jax.sharding.Mesh
   splits: dict
   class_names: list
+  objective: Objective
   model: Classifier
   image_feed: feeds.ImageFeed  # its eval_step serves the initial and test evaluations
   abstract: dict  # shapes of {'params', 'batch_stats'}
@@ -113,11 +148,12 @@ class Run:
     workdir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(config)
     class_names = list(splits['train'].class_names)
-    if len(class_names) != 2:
-      raise DataError(f'the classifier is binary; the data has classes {class_names}')
-    model = make_model(config)
-    return cls(config, workdir, allow_config_change, mesh, splits, class_names, model,
-               feeds.ImageFeed(model, splits, pipeline_config(config), mesh,
+    objective = make_objective(config, class_names, splits['train'].class_counts)
+    model = make_model(config, objective)
+    logging.info('%d classes %s: %s head, %d outputs', len(class_names), class_names,
+                 'sigmoid' if objective.sigmoid else 'softmax', objective.outputs)
+    return cls(config, workdir, allow_config_change, mesh, splits, class_names, objective, model,
+               feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
                                config.compute.prefetch),
                abstract_variables(model, config.image_size),
                checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
@@ -153,10 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
       position = _run_phase(run, phase, position)
   run.checkpoints.close()
   history = position.history
-  history['test'] = _checked(evaluate(run.image_feed.eval_step, position.variables,
-                                      run.image_feed.evaluation('test')), 'test split')
-  logging.info('Test: loss %.4f, accuracy %.4f', history['test']['loss'],
-               history['test']['accuracy'])
+  final = {split: evaluate_per_class(run.image_feed, position.variables, split, run.workdir,
+                                    run.primary) for split in ('validation', 'test')}
+  history['test'] = evaluation.summary(final['test'])
   variables = parallel.to_host(position.variables)
   if run.primary:
     reports.write_reports(run, history, variables)
@@ -182,7 +217,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
                          settings.fine_tune_at)
   _, dropout_rng = run.rngs()
-  train_step = make_train_step(feed.apply_fn, tx, groups, dropout_rng, run.mesh, feed.input_key)
+  train_step = make_train_step(feed.apply_fn, tx, groups, run.objective, dropout_rng, run.mesh,
+                               feed.input_key)
   config_json = resume.config_as_json(run.config)  # what each checkpoint records
   for epoch in range(position.epoch + 1, phase.last_epoch + 1):
     state, record = _run_epoch(phase, epoch, state, train_step, feed)
@@ -210,7 +246,7 @@ def _run_epoch(phase: Phase, epoch: int, state, train_step, feed):
   validation = _checked(evaluate(feed.eval_step, state.variables, feed.evaluation('validation')),
                         f'validation after {where}')
   record = {'phase': phase.name, 'epoch': epoch, **train_metrics,
-            'val_loss': validation['loss'], 'val_accuracy': validation['accuracy'],
+            **{f'val_{key}': value for key, value in validation.items() if key != 'count'},
             'val_images_per_second': validation['count']
                                      / (time.perf_counter() - validation_start)}
   logging.info('Epoch %d (%s %d/%d): loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, '
@@ -276,34 +312,79 @@ def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: s
   return means
 
 
-def restore_for_inference(config, workdir, mesh) -> tuple[Classifier, dict, list]:
-  """(model, variables, class names) of the workdir's newest checkpoint that restores."""
-  model = make_model(config)
+@dataclasses.dataclass
+class Trained:
+  """A trained model restored for inference."""
+  model: Classifier
+  variables: dict  # {'params', 'batch_stats'}, replicated over the mesh
+  class_names: list
+  objective: Objective
+  config: dict  # the config it was trained with, as JSON
+
+
+def restore_for_inference(config, workdir, mesh) -> Trained:
+  """The workdir's newest checkpoint that restores, with the class names it was trained on."""
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh))
-  abstract = abstract_variables(model, config.image_size)
 
   def restore(epoch):
     meta = resume.checkpoint_meta(checkpoints, epoch)
-    trained_alpha = meta['config']['model']['alpha']
-    if trained_alpha != config.model.alpha:
-      raise ConfigError(f'{workdir} holds a model with model.alpha={trained_alpha}; the config '
-                        f'has {config.model.alpha}')
-    return checkpoints.restore_model(epoch, abstract), meta['class_names']
+    trained = meta['config']['model']
+    objective = make_objective(config, meta['class_names'])
+    for key, stored, now in (('alpha', trained['alpha'], config.model.alpha),
+                             ('head', resume.trained_with_sigmoid(meta), objective.sigmoid)):
+      if stored != now:
+        raise ConfigError(f"{workdir} holds a model made with model.{key}="
+                          f"{trained.get(key, 'auto')}; the config has "
+                          f'{config.model[key]}')
+    model = make_model(config, objective)
+    variables = checkpoints.restore_model(epoch, abstract_variables(model, config.image_size))
+    return Trained(model, variables, list(meta['class_names']), objective, meta['config'])
 
   restored = checkpoints.restore_newest(restore)
   checkpoints.close()
   if restored is None:
     raise DataError(f'{workdir} has no checkpoint to use; train first')
-  variables, class_names = restored[1]
-  return model, variables, class_names
+  return restored[1]
 
 
-def evaluate_checkpoint(config, workdir) -> dict:
-  """Test loss and accuracy of the workdir's newest checkpoint."""
+def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool) -> dict:
+  """`evaluation.evaluate_split` of `split`, written to WORKDIR/evaluation/ if `write`; a
+  non-finite loss is `TrainingDiverged`."""
+  report = _checked(evaluation.evaluate_split(feed, variables, split), f'{split} split')
+  if write:
+    evaluation.write_report(report, feed, split, Path(workdir) / 'evaluation')
+  logging.info('%s: loss %.4f, accuracy %.4f, macro F1 %.4f (%d examples)', split.title(),
+               report['loss'], report['accuracy'], report['macro_average']['f1'],
+               report['count'])
+  return report
+
+
+# Settings that decide which examples each split holds.
+SPLIT_KEYS = ('seed', 'data.folder', 'data.tfds_name', 'data.split_scheme', 'data.image_feature',
+              'data.label_feature')
+
+
+def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool = False) -> dict:
+  """The per-class report (`tlflax.evaluation`) of the workdir's newest checkpoint on a split of
+  the config's data, written to WORKDIR/evaluation/. Data settings that differ from the training
+  run's (`SPLIT_KEYS`: a test split carved with another seed may hold training images) are a
+  `ConfigError` unless `other_data`."""
   check_config(config)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  model, variables, _ = restore_for_inference(config, workdir, mesh)
-  feed = feeds.ImageFeed(model, load_splits(config), pipeline_config(config), mesh,
+  trained = restore_for_inference(config, workdir, mesh)
+  changed = {key: values for key, values in config_lib.differences(
+      trained.config, resume.config_as_json(config)).items() if key in SPLIT_KEYS}
+  if changed and not other_data:
+    raise ConfigError(f'{workdir} was trained with other data settings ('
+                      + '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items())
+                      + '): its splits may overlap the training data. Use the training config, '
+                      'or pass --allow_config_change to evaluate on this data anyway.')
+  splits = load_splits(config)
+  data_classes = list(splits['train'].class_names)
+  if data_classes != trained.class_names:
+    raise DataError(f'{workdir} holds a model of classes {trained.class_names}; the config\'s '
+                    f'data has {data_classes}')
+  feed = feeds.ImageFeed(trained.model, trained.objective, splits, pipeline_config(config), mesh,
                          config.compute.prefetch)
-  return evaluate(feed.eval_step, variables, feed.evaluation('test'))
+  return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0)

@@ -6,10 +6,9 @@ over `max_pixels` (read from the file's header; JPEGs count at 1/8 scale, see
 `transforms.decode_rgb`) are skipped with a counted warning; file names that are not valid UTF-8 are
 read as bytes; a wrong root, a missing `train/`, a class folder missing from a split or an empty
 training class stop with an error naming the path. Greyscale, RGBA, CMYK, PNG, GIF and BMP images
-decode to RGB. Missing splits are carved out deterministically by `seed`: with only `train/`,
-validation and test take `holdout` fractions of it; with no `test/`, it takes `test_fraction` of
-`validation/` (as the tutorial carves its test batches out of the validation set). A split that ends
-up empty is an error naming it.
+decode to RGB. Missing splits are carved out of the others per class by `seed` (`carving`: 10% +
+10% of `train/` when it is alone; 20% of `validation/` as test when there is no `test/`). A split
+that ends up empty is an error naming it.
 """
 import dataclasses
 import os
@@ -20,10 +19,11 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from tlflax.data import carving
 from tlflax.data.transforms import JPEG_SCALES, decode_rgb
 from tlflax.errors import DataError  # noqa: F401  (re-exported)
 
-SPLITS = ('train', 'validation', 'test')
+SPLITS = carving.SPLITS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
 
@@ -104,21 +104,7 @@ def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
   return files
 
 
-def _stratified_split(files: LabelledFiles, fractions, seed: int) -> list[LabelledFiles]:
-  """Splits `files` per class into consecutive parts of the given fractions, shuffled by `seed`."""
-  rng = np.random.default_rng(seed)
-  parts = [[] for _ in fractions]
-  labels = np.asarray(files.labels)
-  for label in np.unique(labels):
-    indices = rng.permutation(np.flatnonzero(labels == label))
-    bounds = np.round(np.cumsum(fractions) / np.sum(fractions) * len(indices)).astype(int)
-    for part, chunk in zip(parts, np.split(indices, bounds[:-1])):
-      part.extend(chunk.tolist())
-  return [files.subset(sorted(part)) for part in parts]
-
-
-def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: float = 0.2,
-                      max_pixels: int = 50_000_000):
+def scan_image_folder(root, seed: int = 0, max_pixels: int = 50_000_000):
   """Returns ({split: LabelledFiles} for train, validation and test, class names)."""
   root = Path(root).expanduser()
   if not root.is_dir():
@@ -129,22 +115,13 @@ def scan_image_folder(root, seed: int = 0, holdout=(0.1, 0.1), test_fraction: fl
   class_names = tuple(e.name for e in _visible_entries(root / 'train') if e.is_dir())
   if len(class_names) < 2:
     raise DataError(f'{root / "train"} needs at least two class folders, found {class_names}')
-  splits = {s: _scan_split(root / s, class_names, max_pixels) for s in SPLITS
-            if (root / s).is_dir()}
+  found = {s: _scan_split(root / s, class_names, max_pixels) for s in SPLITS
+           if (root / s).is_dir()}
   for label, name in enumerate(class_names):
-    if label not in splits['train'].labels:
+    if label not in found['train'].labels:
       raise DataError(f'{root / "train" / name} has no usable images')
-  if 'validation' not in splits:
-    validation_fraction, test_fraction_of_train = holdout
-    if 'test' in splits:
-      splits['train'], splits['validation'] = _stratified_split(
-          splits['train'], (1 - validation_fraction, validation_fraction), seed)
-    else:
-      splits['train'], splits['validation'], splits['test'] = _stratified_split(
-          splits['train'], (1 - sum(holdout), validation_fraction, test_fraction_of_train), seed)
-  if 'test' not in splits:
-    splits['validation'], splits['test'] = _stratified_split(
-        splits['validation'], (1 - test_fraction, test_fraction), seed)
+  splits = {split: found[parent].subset(indices) for split, (parent, indices)
+            in carving.carve({s: files.labels for s, files in found.items()}, seed).items()}
   for split, files in splits.items():
     if not files.paths:
       made = ('' if (root / split).is_dir() else

@@ -5,6 +5,8 @@ yields NumPy batches of `batch_size // process_count` examples:
 
     {'image': float32 (b, size, size, 3) in [-1, 1], 'label': int32 (b,), 'mask': bool (b,)}
 
+and evaluation batches also `'index'`: int32 (b,), the example's position in the split.
+
 Training epochs drop the remainder; their order and augmentation depend only on (seed, epoch), so a
 resumed run sees the same data as an uninterrupted one. Evaluation sees every example exactly once:
 the last batch is padded and `mask` is False on the padding. `global_batch` turns a process-local
@@ -118,20 +120,22 @@ def eval_indices(source: Source, config: PipelineConfig) -> np.ndarray:
 
 
 def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
-  """This process's shard once, in order, padded to whole batches (`mask` False on padding)."""
+  """This process's shard once, in order, padded to whole batches (`mask` False on padding).
+  `index` is each example's position in the whole split (-1 on padding)."""
   local_batch = _local_batch_size(config.batch_size)
   size = config.image_size
 
-  def transform(example):
+  def transform(position, example):
     return {'image': transforms.preprocess(example['image'], size, config.max_pixels),
             'label': example['label'],
-            'mask': tf.constant(True)}
+            'mask': tf.constant(True),
+            'index': tf.cast(position * jax.process_count() + jax.process_index(), tf.int32)}
 
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(False)}).repeat(eval_steps(source, config) * local_batch
-                                          - _shard_size(source))
-  return (source.dataset.shard(jax.process_count(), jax.process_index())
+      'mask': tf.constant(False), 'index': tf.constant(-1, tf.int32)}).repeat(
+          eval_steps(source, config) * local_batch - _shard_size(source))
+  return (source.dataset.shard(jax.process_count(), jax.process_index()).enumerate()
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .concatenate(padding)
           .batch(local_batch, drop_remainder=True)

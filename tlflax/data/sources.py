@@ -1,58 +1,157 @@
 """Labelled image sources with one element structure: {'image': encoded bytes, 'label': int32}.
 
-- `tfds_splits`: TFDS `cats_vs_dogs` (or another image classification dataset with `image` and
-  `label` features), split as the tutorial does. It downloads on first use where there is internet,
-  into `data_dir` or `$TFDS_DATA_DIR` (default `~/tensorflow_datasets`).
+- `tfds_splits`: any TFDS image classification dataset by name (`cats_vs_dogs`, `tf_flowers`,
+  ...). The image and label features and the class names come from the builder's info. It
+  downloads on first use where there is internet, into `data_dir` or `$TFDS_DATA_DIR` (default
+  `~/tensorflow_datasets`).
 - `folder_splits`: a local folder in ImageFolder layout (see `tlflax.data.folders`).
+
+`check_class_counts` logs each split's examples per class and stops on a class without training
+examples.
 """
 import dataclasses
 import os
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from tlflax.data import folders
+from tlflax.data import carving, folders
+from tlflax.errors import DataError
 
-# TFDS `cats_vs_dogs` has a single `train` split; the tutorials slice it.
+# Fixed slices of TFDS `train`, as the tutorials take them from `cats_vs_dogs` (its only split);
+# 'auto' uses the dataset's own splits and carves the missing ones out by seed (`carving`).
 SPLIT_SCHEMES = {
     # The original tutorial: 80% / 10% / 10% of train.
     'original': {'train': 'train[:80%]', 'validation': 'train[80%:90%]', 'test': 'train[90%:]'},
     # The later tutorial: 80% / 20%, and the test set is the first fifth of the validation part.
     'later': {'train': 'train[:80%]', 'validation': 'train[84%:]', 'test': 'train[80%:84%]'},
+    'auto': None,
 }
+IMBALANCE_WARNING = 5.0  # warn when a training class has this many times the examples of another
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One split: a tf.data.Dataset of {'image': encoded bytes, 'label': int32}, and its size."""
+  """One split: a tf.data.Dataset of {'image': encoded bytes, 'label': int32}, its size, the
+  dataset's class names and the split's number of examples of each class."""
   dataset: tf.data.Dataset
   num_examples: int
   class_names: tuple[str, ...]
+  class_counts: tuple[int, ...]
+
+
+def _source(dataset, labels, class_names, what: str = '') -> Source:
+  labels = np.asarray(labels, np.int64)
+  outside = labels[(labels < 0) | (labels >= len(class_names))]
+  if outside.size:
+    raise DataError(f'{what} has {outside.size} labels outside 0..{len(class_names) - 1} (e.g. '
+                    f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
+  counts = np.bincount(labels, minlength=len(class_names))
+  return Source(dataset, len(labels), tuple(class_names), tuple(int(c) for c in counts))
 
 
 def check_split_scheme(name: str):
   """Raises `DataError` unless `name` is one of `SPLIT_SCHEMES`."""
   if name not in SPLIT_SCHEMES:
-    raise folders.DataError(f'split_scheme must be one of {sorted(SPLIT_SCHEMES)}, got {name!r}')
+    raise DataError(f'split_scheme must be one of {sorted(SPLIT_SCHEMES)}, got {name!r}')
+
+
+def feature_names(name: str, features, supervised_keys, image_feature: str = '',
+                  label_feature: str = '') -> tuple[str, str]:
+  """(image feature, label feature) of a TFDS dataset: the given names, else its supervised keys,
+  else its only `Image` and `ClassLabel` features. Raises `DataError` saying what to set."""
+  supervised = tuple(supervised_keys or ('', ''))[:2]
+  chosen = []
+  for given, kind, default, key in ((image_feature, tfds.features.Image, supervised[0],
+                                     'data.image_feature'),
+                                    (label_feature, tfds.features.ClassLabel, supervised[1],
+                                     'data.label_feature')):
+    candidates = [k for k, f in features.items() if isinstance(f, kind)]
+    if given and given not in candidates:
+      raise DataError(f'TFDS {name} has no {kind.__name__} feature {given!r} ({key}); its '
+                      f'{kind.__name__} features: {candidates}')
+    if not given and isinstance(default, str) and default in candidates:
+      given = default
+    if not given and len(candidates) == 1:
+      given = candidates[0]
+    if not given:
+      raise DataError(f'TFDS {name}: set {key} to one of its {kind.__name__} features '
+                      f'{candidates}' if candidates else
+                      f'TFDS {name} has no {kind.__name__} feature: it is not an image '
+                      'classification dataset')
+    chosen.append(given)
+  return tuple(chosen)
 
 
 def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
-                data_dir: Optional[str] = None) -> dict[str, Source]:
-  """The train/validation/test splits of a TFDS image classification dataset."""
+                data_dir: Optional[str] = None, seed: int = 0, image_feature: str = '',
+                label_feature: str = '') -> dict[str, Source]:
+  """The train/validation/test splits of a TFDS image classification dataset (`SPLIT_SCHEMES`).
+  Each split's labels are read once (images are not decoded) for its class counts."""
   check_split_scheme(split_scheme)
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()
-  class_names = tuple(builder.info.features['label'].names)
-  splits = {}
-  for split, tfds_split in SPLIT_SCHEMES[split_scheme].items():
-    dataset = builder.as_dataset(split=tfds_split, shuffle_files=False,
-                                 decoders={'image': tfds.decode.SkipDecoding()})
-    dataset = dataset.map(lambda x: {'image': x['image'], 'label': tf.cast(x['label'], tf.int32)})
-    splits[split] = Source(dataset, int(dataset.cardinality()), class_names)
-    if not splits[split].num_examples:
-      raise folders.DataError(f'TFDS {name}: the {split} split ({tfds_split}) is empty')
+  image_key, label_key = feature_names(name, builder.info.features, builder.info.supervised_keys,
+                                       image_feature, label_feature)
+  class_names = tuple(builder.info.features[label_key].names)
+
+  def read(split: str) -> tf.data.Dataset:
+    try:
+      dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                   decoders={image_key: tfds.decode.SkipDecoding()})
+    except (KeyError, ValueError) as e:  # TFDS's "Unknown split"
+      raise DataError(f'TFDS {name} cannot read split {split!r} (split_scheme={split_scheme!r}; '
+                      f"it has {sorted(builder.info.splits)}; 'auto' uses those): {e}") from e
+    return dataset.map(lambda x: {'image': x[image_key],
+                                  'label': tf.cast(x[label_key], tf.int32)})
+
+  def labels_of(split: str) -> np.ndarray:  # a pass over the records; images stay encoded
+    return np.fromiter(read(split).map(lambda x: x['label']).as_numpy_iterator(), np.int64)
+
+  if split_scheme != 'auto':
+    own = sorted(set(builder.info.splits) & {'validation', 'test'})
+    if own:
+      raise DataError(f'TFDS {name} has its own {own} split(s), which split_scheme='
+                      f"{split_scheme!r} (slices of 'train', the tutorials' scheme for "
+                      "cats_vs_dogs) would ignore: use --config.data.split_scheme=auto")
+    datasets = {split: read(tfds_split)
+                for split, tfds_split in SPLIT_SCHEMES[split_scheme].items()}
+    splits = {split: _source(dataset, labels_of(SPLIT_SCHEMES[split_scheme][split]),
+                             class_names, f'TFDS {name} {split} split')
+              for split, dataset in datasets.items()}
+  else:
+    present = [s for s in carving.SPLITS if s in builder.info.splits]
+    if 'train' not in present:
+      raise DataError(f"TFDS {name} has no 'train' split; it has {sorted(builder.info.splits)}")
+    labels = {split: labels_of(split) for split in present}
+    for split in present[1:]:
+      if labels[split].size and np.all(labels[split] == -1):
+        logging.info('TFDS %s: its %s split is unlabelled; carving one out instead', name, split)
+        del labels[split]
+    datasets = {split: read(split) for split in labels}
+    splits = {}
+    for split, (parent, indices) in carving.carve(labels, seed).items():
+      dataset = datasets[parent]
+      if len(indices) < len(labels[parent]):
+        dataset = _subset(dataset, indices, len(labels[parent]))
+      splits[split] = _source(dataset, labels[parent][indices], class_names,
+                              f'TFDS {name} {parent} split')
+  for split, source in splits.items():
+    if not source.num_examples:
+      raise DataError(f'TFDS {name}: the {split} split is empty')
   return splits
+
+
+def _subset(dataset: tf.data.Dataset, indices: np.ndarray, size: int) -> tf.data.Dataset:
+  """The elements of `dataset` at `indices` (sorted), in order."""
+  keep = np.zeros(size, bool)
+  keep[indices] = True
+  keep = tf.constant(keep)
+  return (dataset.enumerate().filter(lambda i, _: keep[i]).map(lambda _, x: x)
+          .apply(tf.data.experimental.assert_cardinality(len(indices))))
 
 
 def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str, Source]:
@@ -65,6 +164,35 @@ def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str
          'label': tf.constant(split.labels, tf.int32)})
     dataset = dataset.map(lambda x: {'image': tf.io.read_file(x['image']), 'label': x['label']},
                           num_parallel_calls=tf.data.AUTOTUNE)
-    return Source(dataset, len(split.paths), class_names)
+    return _source(dataset, split.labels, class_names)
 
   return {split: source(split_files) for split, split_files in files.items()}
+
+
+def check_class_counts(splits: dict[str, Source]):
+  """Logs each split's examples per class; warns when one training class has more than
+  `IMBALANCE_WARNING` times the examples of another; a class with no training example is a
+  `DataError` (the model could never learn it)."""
+  class_names = splits['train'].class_names
+  if len(class_names) < 2:
+    raise DataError(f'the data has {len(class_names)} class {list(class_names)}: a classifier '
+                    'needs at least two (is data.label_feature the class label?)')
+  for split, source in splits.items():
+    logging.info('%s split: %d examples; per class: %s', split, source.num_examples,
+                 ', '.join(f'{n} {c}' for n, c in zip(class_names, source.class_counts)))
+  counts = splits['train'].class_counts
+  empty = [n for n, c in zip(class_names, counts) if not c]
+  if empty:
+    raise DataError(f'classes {empty} have no training examples (of {len(class_names)} '
+                    f'classes: {class_names})')
+  if max(counts) > IMBALANCE_WARNING * min(counts):
+    largest, smallest = int(np.argmax(counts)), int(np.argmin(counts))
+    logging.warning('Imbalanced training data: class %r has %d examples, %r only %d (%.1fx). '
+                    "Consider --config.loss.class_weights=balanced.", class_names[largest],
+                    counts[largest], class_names[smallest], counts[smallest],
+                    counts[largest] / counts[smallest])
+  for split in ('validation', 'test'):
+    missing = [n for n, c in zip(class_names, splits[split].class_counts) if not c]
+    if missing:
+      logging.warning('The %s split has no examples of %s: their recall there is undefined',
+                      split, missing)

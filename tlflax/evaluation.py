@@ -1,0 +1,130 @@
+"""Per-class evaluation of a split: metrics, confusion matrix, and the most confident mistakes.
+
+`evaluate_split` classifies every example of a split once (the padded evaluation batches, gathered
+from every process in split order) and computes, with scikit-learn's metrics on the host:
+accuracy, loss, top-5 accuracy above 5 classes, per-class precision, recall, F1 and support, their
+macro and weighted averages, and the confusion matrix (rows: true class, columns: predicted).
+`write_report` writes it as `<split>.json`, `<split>_confusion.png` (a heat map with class names)
+and `<split>_mistakes.png` (the most confident mistakes: image, true and predicted class,
+probability).
+"""
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from jax.experimental import multihost_utils
+from sklearn import metrics as sk_metrics
+
+from tlflax import plots
+from tlflax.data import transforms
+from tlflax.objectives import TOP_K, Objective
+from tlflax.reports import write_json
+
+GALLERY_SIZE = 16  # mistakes shown in <split>_mistakes.png
+
+
+def collect_logits(logits_step, variables: dict, batches) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, labels) of every example in evaluation `batches`, padding dropped, in split order
+  (by the batches' `index`), the same on every process."""
+  parts = []
+  for batch in batches:
+    logits = logits_step(variables['params'], variables['batch_stats'], batch)
+    parts.append(multihost_utils.process_allgather(
+        {'logits': logits, 'label': batch['label'], 'index': batch['index']}, tiled=True))
+  rows = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+  real = rows['index'] >= 0
+  order = np.argsort(rows['index'][real], kind='stable')
+  if not np.array_equal(rows['index'][real][order], np.arange(real.sum())):
+    raise AssertionError('the evaluation batches did not hold each example of the split once')
+  return rows['logits'][real][order], rows['label'][real][order]
+
+
+def per_class_report(objective: Objective, logits: np.ndarray, labels: np.ndarray,
+                     class_names) -> dict:
+  """Metrics of a split's `logits` against its `labels` (see the module docstring), and the
+  indices of its mistakes, most confident first."""
+  classes = np.arange(len(class_names))
+  probabilities = np.asarray(objective.probabilities(logits))
+  predicted = np.asarray(objective.predictions(logits))
+  losses = np.asarray(objective.losses(logits, labels))
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+      labels, predicted, labels=classes, zero_division=0)
+  report = {'count': int(len(labels)), 'loss': float(np.mean(losses)),
+            'accuracy': float(sk_metrics.accuracy_score(labels, predicted))}
+  if len(class_names) > TOP_K:
+    report[f'top{TOP_K}_accuracy'] = float(sk_metrics.top_k_accuracy_score(
+        labels, probabilities, k=TOP_K, labels=classes))
+  report['class_names'] = list(class_names)
+  report['per_class'] = {
+      name: {'precision': float(p), 'recall': float(r), 'f1': float(f), 'support': int(s)}
+      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)}
+  for average in ('macro', 'weighted'):
+    p, r, f, _ = sk_metrics.precision_recall_fscore_support(
+        labels, predicted, labels=classes, average=average, zero_division=0)
+    report[f'{average}_average'] = {'precision': float(p), 'recall': float(r), 'f1': float(f)}
+  report['confusion_matrix'] = sk_metrics.confusion_matrix(labels, predicted,
+                                                           labels=classes).tolist()
+  wrong = np.flatnonzero(predicted != labels)
+  confidence = probabilities[wrong, predicted[wrong]]
+  report['most_confident_mistakes'] = [
+      {'index': int(i), 'true': class_names[labels[i]], 'predicted': class_names[predicted[i]],
+       'probability': float(probabilities[i, predicted[i]])}
+      for i in wrong[np.argsort(-confidence, kind='stable')][:GALLERY_SIZE]]
+  return report
+
+
+def images_at(source, indices, image_size: int, max_pixels: int) -> dict[int, np.ndarray]:
+  """{index: uint8 (size, size, 3) image} for the examples of `source` at `indices`."""
+  if not len(indices):
+    return {}
+  wanted = tf.constant(sorted(indices), tf.int64)
+  found = (source.dataset.enumerate()
+           .filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
+           .map(lambda i, x: (i, tf.cast(tf.clip_by_value(tf.round(transforms.resize(
+               transforms.decode_rgb(x['image'], max_pixels), image_size)), 0, 255), tf.uint8))))
+  return {int(i): image for i, image in found.as_numpy_iterator()}
+
+
+def evaluate_split(feed, variables: dict, split: str) -> dict:
+  """The per-class report of `split` through `feed` (an `ImageFeed`)."""
+  logits, labels = collect_logits(feed.logits_step, variables, feed.evaluation(split))
+  return per_class_report(feed.objective, logits, labels, feed.splits[split].class_names)
+
+
+def write_report(report: dict, feed, split: str, out_dir: Path):
+  """`<split>.json`, `<split>_confusion.png` and `<split>_mistakes.png` in `out_dir`."""
+  source = feed.splits[split]
+  out_dir.mkdir(parents=True, exist_ok=True)
+  write_json(out_dir / f'{split}.json', report)
+  plots.confusion_matrix(np.asarray(report['confusion_matrix']), source.class_names,
+                         f'{split}: confusion matrix ({report["count"]} examples)',
+                         out_dir / f'{split}_confusion.png')
+  mistakes = report['most_confident_mistakes']
+  images = images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
+                     feed.config.max_pixels)
+  plots.image_gallery([images[m['index']] for m in mistakes],
+                      [f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"
+                       for m in mistakes],
+                      f'{split}: most confident mistakes', out_dir / f'{split}_mistakes.png')
+
+
+def summary(report: dict) -> dict:
+  """The split-level numbers of a report (what history.json and test_metrics.json hold)."""
+  return {key: report[key] for key in ('loss', 'accuracy', f'top{TOP_K}_accuracy', 'count')
+          if key in report}
+
+
+def format_report(report: dict, split: str) -> str:
+  """A report as text: the split's numbers, then a per-class table."""
+  head = ', '.join(f'{split} {key.replace("_", " ")} {report[key]:.4f}'
+                   for key in ('loss', 'accuracy', f'top{TOP_K}_accuracy') if key in report)
+  width = max(len('class'), *(len(name) for name in report['per_class']))
+  lines = [f"{head} ({report['count']} examples)",
+           f"{'class':<{width}}  precision  recall      f1  support"]
+  for name, row in report['per_class'].items():
+    lines.append(f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                 f"{row['f1']:6.4f}  {row['support']:7d}")
+  macro = report['macro_average']
+  lines.append(f"{'macro avg':<{width}}  {macro['precision']:9.4f}  {macro['recall']:6.4f}  "
+               f"{macro['f1']:6.4f}  {report['count']:7d}")
+  return '\n'.join(lines)
