@@ -9,7 +9,8 @@ same 500 training photos, the same ported ImageNet weights, and tlflax's 100 val
 with a 5-way softmax head and sparse categorical cross-entropy, and prints the validation accuracy
 after each epoch. In phase 2 the BatchNorm layers are set non-trainable, so they stay in inference
 mode as the tutorial's `training=False` means (and as tlflax does): Keras 3's `fit` otherwise runs
-the unfrozen ones on batch statistics, and here that left phase 2 at chance (loss ln 5). Photos are linked into a temporary folder, not copied.
+the unfrozen ones on batch statistics, and here that left phase 2 at chance (loss ln 5).
+Photos are linked into a temporary folder, not copied.
 """
 import json
 import os
