@@ -387,3 +387,35 @@ def test_class_weights_reach_the_train_step(tiny_run, tmp_path):
   assert np.abs(weighted_update - plain_update).max() > 0.1 * np.abs(plain_update).max()
   config.loss.class_weights = 'balanced'  # the tiny data has 12 images of each class
   assert Run.create(config, tmp_path / 'run2', False).objective.class_weights == (1.0, 1.0)
+
+
+def labelled_tf_flowers(monkeypatch, train_labels, test_labels):
+  """`tf_flowers` under `mock_data` with a `train` and a `test` split holding these labels."""
+  sizes = {'train': len(train_labels), 'test': len(test_labels)}
+  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=n, shard_lengths=[k], num_bytes=0)
+                                for n, k in sizes.items()])
+  monkeypatch.setattr(tfds.core.DatasetInfo, 'splits', property(lambda self: splits))
+  jpeg = tf.io.encode_jpeg(tf.fill((8, 8, 3), tf.constant(100, tf.uint8)))
+  labels = {'train': train_labels, 'test': test_labels}
+
+  def as_dataset(self, split, decoders=None, **kwargs):
+    return tf.data.Dataset.from_tensor_slices({'label': np.array(labels[str(split)], np.int64)}
+                                              ).map(lambda x: {'image': jpeg, 'label': x['label']})
+  return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def test_tfds_labels_are_checked_and_unlabelled_splits_replaced(monkeypatch):
+  """A test split of -1 labels (TFDS's unlabelled) is carved out of train instead under 'auto';
+  'original' would ignore the dataset's own test split and stops; a label outside the classes
+  stops naming the split."""
+  train = [i % 5 for i in range(50)]
+  with labelled_tf_flowers(monkeypatch, train, [-1] * 10):
+    splits = tfds_splits('tf_flowers', 'auto')
+    assert {name: s.num_examples for name, s in splits.items()} == {
+        'train': 40, 'validation': 5, 'test': 5}
+    assert splits['test'].class_counts == (1,) * 5
+    with pytest.raises(DataError, match=r"its own \['test'\] split\(s\)"):
+      tfds_splits('tf_flowers', 'original')
+  with labelled_tf_flowers(monkeypatch, train[:-1] + [-1], [0, 1] * 5):
+    with pytest.raises(DataError, match=r'train split has 1 labels outside 0..4 \(e.g. -1'):
+      tfds_splits('tf_flowers', 'auto')

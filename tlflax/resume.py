@@ -120,12 +120,13 @@ def _config_changes(run, stored: Optional[dict]) -> dict:
   unsafe = {k: v for k, v in changed.items() if k not in config_lib.RESUME_SAFE}
   if unsafe and not run.allow_config_change:
     raise ConfigError(f'{run.workdir} holds a run made with another config '
-                      f'({_listing(unsafe)}). Use another workdir, or pass '
+                      f'({listing(unsafe)}). Use another workdir, or pass '
                       '--allow_config_change to continue this run with the new values.')
   return changed
 
 
-def _listing(changed: dict) -> str:
+def listing(changed: dict) -> str:
+  """`{key: (old, new)}` as one line: `key: old -> new; ...`."""
   return '; '.join(f'{key}: {old!r} -> {new!r}' for key, (old, new) in changed.items())
 
 
@@ -136,7 +137,7 @@ def _write_config(run, changed: dict, epoch: int):
     return
   config_path = run.workdir / 'config.json'
   if changed:
-    logging.warning('Continuing %s with a changed config: %s', run.workdir, _listing(changed))
+    logging.warning('Continuing %s with a changed config: %s', run.workdir, listing(changed))
     if config_path.exists():
       kept = run.workdir / f'config.before_epoch_{epoch}.json'
       for again in itertools.count(2):

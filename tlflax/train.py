@@ -376,10 +376,10 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
   changed = {key: values for key, values in config_lib.differences(
       trained.config, resume.config_as_json(config)).items() if key in SPLIT_KEYS}
   if changed and not other_data:
-    raise ConfigError(f'{workdir} was trained with other data settings ('
-                      + '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items())
-                      + '): its splits may overlap the training data. Use the training config, '
-                      'or pass --allow_config_change to evaluate on this data anyway.')
+    raise ConfigError(f'{workdir} was trained with other data settings '
+                      f'({resume.listing(changed)}): its splits may overlap the training data. '
+                      'Use the training config, or pass --allow_config_change to evaluate on '
+                      'this data anyway.')
   splits = load_splits(config)
   data_classes = list(splits['train'].class_names)
   if data_classes != trained.class_names:

@@ -108,8 +108,8 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
     return dataset.map(lambda x: {'image': x[image_key],
                                   'label': tf.cast(x[label_key], tf.int32)})
 
-  def labels_of(split: str) -> np.ndarray:  # a pass over the records; images stay encoded
-    return np.fromiter(read(split).map(lambda x: x['label']).as_numpy_iterator(), np.int64)
+  def labels_of(dataset: tf.data.Dataset) -> np.ndarray:  # one pass; images stay encoded
+    return np.fromiter(dataset.map(lambda x: x['label']).as_numpy_iterator(), np.int64)
 
   if split_scheme != 'auto':
     own = sorted(set(builder.info.splits) & {'validation', 'test'})
@@ -119,19 +119,19 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
                       "cats_vs_dogs) would ignore: use --config.data.split_scheme=auto")
     datasets = {split: read(tfds_split)
                 for split, tfds_split in SPLIT_SCHEMES[split_scheme].items()}
-    splits = {split: _source(dataset, labels_of(SPLIT_SCHEMES[split_scheme][split]),
-                             class_names, f'TFDS {name} {split} split')
+    splits = {split: _source(dataset, labels_of(dataset), class_names,
+                             f'TFDS {name} {split} split')
               for split, dataset in datasets.items()}
   else:
     present = [s for s in carving.SPLITS if s in builder.info.splits]
     if 'train' not in present:
       raise DataError(f"TFDS {name} has no 'train' split; it has {sorted(builder.info.splits)}")
-    labels = {split: labels_of(split) for split in present}
+    datasets = {split: read(split) for split in present}
+    labels = {split: labels_of(dataset) for split, dataset in datasets.items()}
     for split in present[1:]:
       if labels[split].size and np.all(labels[split] == -1):
         logging.info('TFDS %s: its %s split is unlabelled; carving one out instead', name, split)
         del labels[split]
-    datasets = {split: read(split) for split in labels}
     splits = {}
     for split, (parent, indices) in carving.carve(labels, seed).items():
       dataset = datasets[parent]
