@@ -1,7 +1,7 @@
 """Transfer learning with a pretrained ConvNet, in JAX/Flax.
 
     python main.py --config=configs/cats_dogs.py --workdir=DIR [--config.KEY=VALUE ...]
-    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate [--checkpoint=best]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH
 
 Training uses every local device (data parallelism). On several hosts, start the same command on
@@ -22,6 +22,9 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots 
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'],
                   'evaluate: the split to evaluate (per-class report in WORKDIR/evaluation/).')
+flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict: the checkpoint to use: latest (the '
+                    'newest that restores), best (by the config\'s best_metric, kept besides the '
+                    'latest checkpoints_to_keep) or an epoch number.')
 flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
 flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s run although the '
                   'config differs from the one it was made with (e.g. more epochs in the last '
@@ -59,14 +62,14 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     elif FLAGS.mode == 'evaluate':
       report = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split,
-                                           FLAGS.allow_config_change)
+                                         FLAGS.allow_config_change, FLAGS.checkpoint)
       print(evaluation.format_report(report, FLAGS.split))
       print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
     else:
       if not FLAGS.inputs:
         raise app.UsageError('--mode=predict needs --inputs=PATH')
       for path, label, probability, _ in predict.predict(FLAGS.config, FLAGS.workdir,
-                                                         FLAGS.inputs):
+                                                         FLAGS.inputs, FLAGS.checkpoint):
         print(f'{path}\t{label}\t{probability:.4f}')
       print(f'wrote {os.path.join(FLAGS.workdir, "predictions.csv")}')
   except RunError as e:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from tlflax import optim
+from tlflax import optim, param_groups
+from tlflax.config import phase
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
 from tlflax.data.pipeline import PipelineConfig, train_dataset
@@ -69,8 +70,8 @@ def trainer_step(fine_tune_at):
   """The trainer's own jitted step (tlflax.steps) and a fresh state, for random weights."""
   model = Classifier()
   variables = init_variables(model, 160, jax.random.key(1), 'none')
-  groups = optim.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
-  tx = optim.make_optimizer('adam', 1e-4, groups)
+  groups = param_groups.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer(phase(1, 'adam', 1e-4), groups, steps_per_epoch=1)
   step = make_train_step(model.apply, tx, groups, Objective(2, sigmoid=True), jax.random.key(2))
   return step, TrainState.create(variables, tx)
 

@@ -358,22 +358,24 @@ def test_flowers_recipe_on_real_weights_and_photos_reaches_80_percent(shared_dir
 def test_class_weights_reach_the_train_step(tiny_run, tmp_path):
   """`loss.class_weights` becomes the run's objective, whose weighted loss the train step reports
   and differentiates (a weight of 3 on 'cat' moves the parameters differently from none)."""
-  from tlflax import optim
+  from tlflax import optim, param_groups
+  from tlflax.config import phase
   from tlflax.classifier import backbone_layers
   from tlflax.steps import TrainState, make_train_step
   from tlflax.train import Run
   config = tiny_run.copy_and_resolve_references()
   config.loss.class_weights = '3,1'
   run = Run.create(config, tmp_path / 'run', allow_config_change=False)
+  run.tracker.close()
   assert run.objective == Objective(2, sigmoid=True, class_weights=(3.0, 1.0))
   variables = init_variables(run.model, 32, jax.random.key(0), config.model.weights)
-  groups = optim.param_groups(variables['params'], backbone_layers(run.model), None)
+  groups = param_groups.param_groups(variables['params'], backbone_layers(run.model), None)
   batch = {'image': RNG.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32),
            'label': np.array([0, 1, 0, 1], np.int32), 'mask': np.ones(4, bool)}
   results = {}
   before = np.array(variables['params']['head']['kernel'])
   for objective in (run.objective, Objective(2, sigmoid=True)):
-    tx = optim.make_optimizer('sgd', 0.1, groups)
+    tx = optim.make_optimizer(phase(1, 'sgd', 0.1), groups, steps_per_epoch=1)
     state, metrics = make_train_step(run.model.apply, tx, groups, objective, jax.random.key(1))(
         TrainState.create(jax.tree.map(np.array, variables), tx), batch)
     results[objective.class_weights] = (float(metrics['loss']),

@@ -6,7 +6,7 @@ from runs import ROOT
 
 
 def test_steps_optim_and_models_load_neither_tensorflow_nor_tfds():
-  code = ('import sys, tlflax.steps, tlflax.optim, tlflax.models; '
+  code = ('import sys, tlflax.steps, tlflax.optim, tlflax.param_groups, tlflax.models; '
           "loaded = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
           'assert not loaded, loaded')
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)

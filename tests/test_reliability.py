@@ -210,7 +210,7 @@ def test_a_checkpoint_keeps_the_meta_it_was_given(tmp_path):
                             optax.sgd(0.1))
   checkpoints = Checkpoints(tmp_path)
   meta = {'history': {'epochs': [1]}}
-  checkpoints.save(1, state, meta)
+  checkpoints.save(1, state, meta, {'val_loss': 0.5, 'val_accuracy': 0.5})
   meta['history']['epochs'].append(2)
   checkpoints.close()
   assert Checkpoints(tmp_path).restore_meta(1) == {'history': {'epochs': [1]}}

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from runs import ROOT, overrides, run_main
-from tlflax import optim
+from tlflax import optim, param_groups
+from tlflax.config import phase
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
 from tlflax.objectives import Objective
@@ -46,7 +47,7 @@ def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_pat
   parameters and metrics of the same run on images."""
   cached = train_and_evaluate(no_augmentation(tiny_run, True), tmp_path / 'cached')
   assert [cached.history['phases'][p]['cached_from_layer'] for p in tiny_run.phase_order] == [
-      155, 100]
+      155, 101]  # 100 is a ReLU; 101 is the first trained layer
   assert all(run_on_images.history['phases'][p]['cached_from_layer'] is None
              for p in tiny_run.phase_order)
   assert_trees_close(run_on_images.variables, cached.variables, atol=1e-5)
@@ -62,8 +63,8 @@ def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_pat
 def count_products(model, variables, fine_tune_at):
   """Convolutions and matrix products (1x1 convolutions, the head) in the jaxpr of a train step
   that trains backbone layers from `fine_tune_at`."""
-  groups = optim.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
-  tx = optim.make_optimizer('sgd', 0.1, groups)
+  groups = param_groups.param_groups(variables['params'], backbone_layers(model), fine_tune_at)
+  tx = optim.make_optimizer(phase(1, 'sgd', 0.1), groups, steps_per_epoch=1)
   batch = {'image': jnp.zeros((2, 32, 32, 3)), 'label': jnp.zeros(2, jnp.int32),
            'mask': jnp.ones(2, bool)}
   def step(state, batch):
@@ -103,8 +104,8 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
         variables, images)
     logits = jax.jit(model.apply)(variables, images)
     start = jax.tree.map(np.array, variables['params'])
-    groups = optim.param_groups(variables['params'], backbone_layers(model), 100)
-    tx = optim.make_optimizer('sgd', 0.1, groups)
+    groups = param_groups.param_groups(variables['params'], backbone_layers(model), 100)
+    tx = optim.make_optimizer(phase(1, 'sgd', 0.1), groups, steps_per_epoch=1)
     state, metrics = make_train_step(model.apply, tx, groups, BINARY, jax.random.key(1))(
         TrainState.create(variables, tx), batch)
     results[dtype] = (logits, features, metrics, state.params)
@@ -144,7 +145,7 @@ def test_four_local_devices_train_like_one(tiny_run, tmp_path, cached):
         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'})
     assert code == 0, output[-3000:]
     assert f'Data parallel over {devices} devices (1 processes)' in output
-    assert ('Cached activations at backbone layer 100' in output) == (cached and devices == 4)
+    assert ('Cached activations at backbone layer 101' in output) == (cached and devices == 4)
     runs[devices] = tmp_path / str(devices)
   assert_trees_close(final_variables(runs[1]), final_variables(runs[4]), atol=1e-5)
   one, four = (json.loads((runs[d] / 'history.json').read_text()) for d in (1, 4))

@@ -12,9 +12,9 @@ from flax import serialization, traverse_util
 from PIL import Image
 
 from runs import cats_dogs, run_main
-from tlflax import optim, weights
+from tlflax import optim, param_groups, weights
 from tlflax.classifier import Classifier, backbone_layers, init_variables
-from tlflax.config import ConfigError, ordered_phases
+from tlflax.config import ConfigError, ordered_phases, phase
 from tlflax.data import transforms
 from tlflax.predict import predict
 from tlflax.evaluation import summary
@@ -40,8 +40,8 @@ def test_parameter_counts_equal_the_tutorials_keras_model(fine_tune_at, trainabl
 
   model = Classifier()
   params = jax.eval_shape(lambda: init_variables(model, 160, jax.random.key(0), 'none'))['params']
-  counts = optim.count_params(params, optim.param_groups(params, backbone_layers(model),
-                                                          fine_tune_at))
+  groups = param_groups.param_groups(params, backbone_layers(model), fine_tune_at)
+  counts = param_groups.count_params(params, groups)
   assert counts['trainable'] == keras_trainable == trainable
 
 
@@ -67,8 +67,8 @@ def test_a_phase_moves_only_trainable_parameters():
   """Frozen parameters and all BatchNorm statistics stay bit-identical; trainable ones move."""
   model = Classifier(alpha=0.35)
   variables = init_variables(model, 48, jax.random.key(0), 'none')
-  groups = optim.param_groups(variables['params'], backbone_layers(model), 120)
-  tx = optim.make_optimizer('rmsprop', 1e-3, groups)
+  groups = param_groups.param_groups(variables['params'], backbone_layers(model), 120)
+  tx = optim.make_optimizer(phase(1, 'rmsprop', 1e-3), groups, steps_per_epoch=1)
   step = make_train_step(model.apply, tx, groups, Objective(2, sigmoid=True), jax.random.key(1))
   before = jax.tree.map(np.array, variables)
   state = TrainState.create(variables, tx)
@@ -106,10 +106,34 @@ def config_file_with(change):
     (lambda c: c['model'].update(widht=1.0), "unknown config key 'model.widht'"),
     (lambda c: c.update(image_size='160'), "'image_size' must be int"),
     (lambda c: c['data'].update(flip=1), "'data.flip' must be bool"),
-    (lambda c: c['phases']['fine_tune'].update(optimizer='adamw'), 'phases.fine_tune.optimizer'),
+    (lambda c: c['phases']['fine_tune'].update(optimizer='adamax'), 'phases.fine_tune: optimizer'),
     (lambda c: c['phases']['fine_tune'].update(fine_tune_at=400), 'fine_tune_at must be'),
     (lambda c: c['phases']['fine_tune'].update(epochs=2.5), 'phases.fine_tune.epochs must be int'),
-    (lambda c: c['phases']['fine_tune'].update(momentum=0.9), 'phases.fine_tune must have'),
+    (lambda c: c['phases']['fine_tune'].update(betas=0.9), 'phases.fine_tune must have'),
+    (lambda c: c['phases']['fine_tune']['schedule'].update(name='linear'),
+     'phases.fine_tune: schedule.name must be one of'),
+    (lambda c: c['phases']['fine_tune']['schedule'].update(name='warmup_cosine'),
+     "'warmup_cosine' needs schedule.warmup_epochs"),
+    (lambda c: c['phases']['fine_tune']['schedule'].update(warmup_epochs=1.0, warmup_steps=5),
+     'warmup_epochs or schedule.warmup_steps, not both'),
+    (lambda c: c['phases']['fine_tune']['schedule'].update(warmup_steps=1.5),
+     'phases.fine_tune.schedule.warmup_steps must be int'),
+    (lambda c: c['phases']['fine_tune'].update(weight_decay=1e-4), "set optimizer='adamw'"),
+    (lambda c: c['phases']['fine_tune'].update(optimizer='adam', momentum=0.9),
+     'momentum is an option of sgd and rmsprop'),
+    (lambda c: c['phases']['fine_tune'].update(nesterov=True), 'nesterov needs momentum'),
+    (lambda c: c['phases']['fine_tune'].update(weight_decay_exclude='(bias'), 'not a regex'),
+    (lambda c: c['phases']['fine_tune'].update(param_groups=('Conv1=1', '.*=1')),
+     r"rule\(s\) \['Conv1=1'\] decide no layer"),  # Conv1 is below fine_tune_at=100
+    (lambda c: c['phases']['fine_tune'].update(fine_tune_at=0, param_groups=('head=1',)),
+     r'param_groups leaves 104 layer\(s\) uncovered: Conv1, bn_Conv1, expanded_conv_depthwise'),
+    (lambda c: c['phases']['fine_tune'].update(param_groups=('.*=freeze', 'head=1')),
+     r"rule\(s\) \['head=1'\] decide no layer"),
+    (lambda c: c['phases']['fine_tune'].update(param_groups=('.*=fast',)),
+     "VALUE must be a multiplier >= 0 or 'freeze'"),
+    (lambda c: c['phases']['fine_tune']['early_stopping'].update(patience=-1),
+     'early_stopping.patience and min_delta must be >= 0'),
+    (lambda c: c.update(best_metric='val_f1'), 'best_metric must be one of'),
     (lambda c: c['data'].update(split_scheme='x'), 'split_scheme'),
     (lambda c: c.update(phases={}), 'phases is empty'),
     (lambda c: c['model'].update(alpha=0.0), 'model.alpha must be > 0'),
@@ -196,8 +220,8 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
                                            '--config.model.weights=none'])
   assert code == 1 and 'error: image folder /no/such/folder does not exist' in output
   assert 'Traceback' not in output
-  code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.momentum=0.9'])
-  assert code == 2 and "unknown config key 'momentum'" in output and 'Traceback' not in output
+  code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.betas=0.9'])
+  assert code == 2 and "unknown config key 'betas'" in output and 'Traceback' not in output
   code, output = run_main(tmp_path / 'w', [], '--mode=evaluate')
   assert code == 1 and 'no checkpoint' in output
   # a comma-separated phase_order override is split into names
@@ -213,7 +237,8 @@ def test_recipe_on_real_weights_and_data_reaches_95_percent(shared_dir, tmp_path
   config.data.folder = str(shared_dir / 'data' / 'cats_vs_dogs_mini')
   config.model.weights = str(shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite')
   history = train_and_evaluate(config, tmp_path / 'run').history
-  assert [history['phases'][p]['cached_from_layer'] for p in config.phase_order] == [155, 100]
+  # layer 100 is a ReLU: the first layer with trained parameters, where the cache ends, is 101
+  assert [history['phases'][p]['cached_from_layer'] for p in config.phase_order] == [155, 101]
   assert history['epochs'][-1]['phase'] == 'fine_tune'
   assert history['epochs'][-1]['val_accuracy'] >= 0.95
 

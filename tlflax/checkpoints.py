@@ -1,8 +1,10 @@
 """Orbax checkpoints in the workdir.
 
-`WORKDIR/checkpoints/<epoch>/` holds, after every epoch (the last `keep` of them), three items:
-`model` (params and batch_stats: all that evaluation and prediction need), `train` (the whole
-`TrainState`, optimizer included) and `meta` (phase, epoch, class names, config, history). At the
+`WORKDIR/checkpoints/<epoch>/` holds, after every epoch, three items: `model` (params and
+batch_stats: all that evaluation and prediction need), `train` (the whole `TrainState`, optimizer
+included) and `meta` (phase, epoch, class names, config, history), with the epoch's validation
+metrics. Orbax keeps the latest `keep` checkpoints and the best one by the `best_metric`
+(`LatestN` and `BestN` preservation policies); `select` finds 'latest', 'best' or an epoch. At the
 end of each phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a
 temporary folder and renames it when complete, so a run killed mid-save leaves the previous
 checkpoint intact. A checkpoint that does not restore (a damaged file) is skipped for the one before
@@ -20,28 +22,68 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tlflax.errors import CheckpointError, RunError
+from tlflax.errors import CheckpointError, ConfigError, RunError
 
 T = TypeVar('T')
+BEST_METRICS = {'val_loss': 'min', 'val_accuracy': 'max'}  # the metrics a best checkpoint uses
 
 
 class Checkpoints:
   """Per-epoch checkpoints and per-phase models of one workdir."""
 
-  def __init__(self, workdir, keep: int = 3, sharding: Optional[jax.sharding.Sharding] = None):
+  def __init__(self, workdir, keep: int = 3, sharding: Optional[jax.sharding.Sharding] = None,
+               best_metric: str = 'val_loss'):
     """`sharding`: where restored arrays go (default: the first device)."""
     self.workdir = Path(workdir).absolute()
     self.sharding = sharding
+    self.best_metric = best_metric
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=self._rank, n=1,
+                                      keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
         self.workdir / 'checkpoints', item_names=('model', 'train', 'meta'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(
+            create=True, preservation_policy=policy,
+            # orbax writes a checkpoint's metrics only when it tracks a best one
+            best_fn=lambda metrics: metrics[best_metric], best_mode=BEST_METRICS[best_metric]))
 
-  def save(self, epoch: int, state, meta: dict):
-    """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch`. Orbax writes in
-    the background, so `meta` is copied: later changes to it do not reach this checkpoint."""
+  def _rank(self, metrics: dict) -> tuple:
+    """Higher is better: the best metric's value, then the earlier epoch."""
+    sign = -1 if BEST_METRICS[self.best_metric] == 'min' else 1
+    return sign * metrics[self.best_metric], -metrics['epoch']
+
+  def save(self, epoch: int, state, meta: dict, metrics: dict):
+    """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch`, with its
+    validation `metrics` (`BEST_METRICS`' keys). Orbax writes in the background, so `meta` is
+    copied: later changes to it do not reach this checkpoint."""
     self.manager.save(epoch, args=ocp.args.Composite(
         model=ocp.args.StandardSave(state.variables), train=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(copy.deepcopy(meta))))
+        meta=ocp.args.JsonSave(copy.deepcopy(meta))),
+        metrics={**{key: float(metrics[key]) for key in BEST_METRICS}, 'epoch': epoch})
+
+  def epochs(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def best_epoch(self) -> Optional[int]:
+    """The kept epoch with the best `best_metric` (the earliest of equals); None if no kept
+    checkpoint has metrics."""
+    ranked = [(self._rank(metrics), epoch) for epoch in self.epochs()
+              if (metrics := self.manager.metrics(epoch)) and self.best_metric in metrics]
+    return max(ranked)[1] if ranked else None
+
+  def select(self, which: str) -> Optional[int]:
+    """The epoch `which` names: 'latest' is None (the newest that restores, see
+    `restore_newest`), 'best' the `best_epoch`, or an epoch number that is kept. `ConfigError`
+    says what is there when it names none."""
+    if which == 'latest':
+      return None
+    kept = self.epochs()
+    epoch = self.best_epoch() if which == 'best' else int(which) if which.isdigit() else None
+    if epoch is None or epoch not in kept:
+      raise ConfigError(f'--checkpoint={which}: {self.manager.directory} has no such checkpoint '
+                        f"(kept epochs: {kept}; use 'latest', 'best' or one of them)")
+    return epoch
 
   def restore_meta(self, epoch: int) -> dict:
     return self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -5,16 +5,17 @@ so the order of `config.phases` is the explicit `config.phase_order`; `ordered_p
 place that reads it.
 """
 import json
-from typing import Callable
+import re
+from typing import Callable, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
-from tlflax import objectives
+from tlflax import objectives, optim, param_groups
+from tlflax.checkpoints import BEST_METRICS
 from tlflax.data import augment, sources
 from tlflax.errors import ConfigError
 from tlflax.models.depthwise import check_implementation
-from tlflax.optim import OPTIMIZERS
 from tlflax.weights.download import KERAS_ALPHAS
 
 DTYPES = ('float32', 'bfloat16')
@@ -22,12 +23,34 @@ DTYPES = ('float32', 'bfloat16')
 
 def phase(epochs: int, optimizer: str, learning_rate: float, fine_tune_at=None):
   """One training phase. `fine_tune_at`: first Keras layer index of the backbone to train (the
-  tutorial's `base_model.layers[fine_tune_at:]`); None keeps the whole backbone frozen."""
+  tutorial's `base_model.layers[fine_tune_at:]`); None keeps the whole backbone frozen. The other
+  options (`tlflax.optim`, `tlflax.param_groups`) have the tutorial's values: set them on the
+  returned `ConfigDict`."""
   return ml_collections.ConfigDict({
       'epochs': epochs,
-      'optimizer': optimizer,  # adam | rmsprop | sgd
-      'learning_rate': learning_rate,
+      'optimizer': optimizer,  # adam | adamw | rmsprop | sgd
+      'learning_rate': learning_rate,  # the peak of the schedule
       'fine_tune_at': config_dict.placeholder(int) if fine_tune_at is None else fine_tune_at,
+      # 'REGEX=MULTIPLIER' or 'REGEX=freeze' on the names of the layers fine_tune_at leaves
+      # trainable ('head': the head); the first match decides, every such layer must match one.
+      'param_groups': (),
+      'schedule': {
+          'name': 'constant',  # constant | cosine | warmup_cosine | step | exponential
+          'warmup_epochs': 0.0,  # linear warmup from 0 (or give warmup_steps)
+          'warmup_steps': 0,
+          'end_factor': 0.0,  # cosine: the final rate, as a fraction of learning_rate
+          'decay_epochs': 1.0,  # step / exponential: multiply by decay_rate every decay_epochs
+          'decay_rate': 0.1,
+      },
+      'weight_decay': 0.0,  # adamw's decoupled weight decay
+      'weight_decay_exclude': '.*/(bias|scale)',  # 'layer/variable' paths not decayed
+      'clip_norm': 0.0,  # clip gradients to this global norm (0: no clipping)
+      'momentum': 0.0,  # sgd and rmsprop
+      'nesterov': False,  # sgd and rmsprop, with momentum
+      'early_stopping': {
+          'patience': 0,  # end the phase after this many epochs without improving best_metric
+          'min_delta': 0.0,  # the least change that counts as an improvement
+      },
   })
 
 
@@ -86,7 +109,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.phases.fine_tune = phase(10, 'rmsprop', 1e-5, fine_tune_at=100)  # base rate / 10
   config.phase_order = ('feature_extraction', 'fine_tune')
 
-  config.checkpoints_to_keep = 3
+  config.checkpoints_to_keep = 3  # the latest N, besides the best
+  # The validation metric that picks the best checkpoint and that early stopping watches.
+  config.best_metric = 'val_loss'  # or 'val_accuracy'
   return config
 
 
@@ -138,9 +163,10 @@ def ordered_phases(config: ml_collections.ConfigDict) -> list:
   return [(name, config.phases[name]) for name in names]
 
 
-def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[], int]):
+def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Sequence]):
   """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value.
-  `backbone_layer_count()` is asked once the model settings are known to be valid."""
+  `backbone_layers()` (the Keras layer table) is asked once the model settings are known to be
+  valid."""
   _check_against(config, defaults())
   if 'phases' not in config:
     raise ConfigError('config has no phases')
@@ -151,6 +177,8 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       (config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}'),
       (config.checkpoints_to_keep >= 1,
        f'checkpoints_to_keep must be >= 1, got {config.checkpoints_to_keep}'),
+      (config.best_metric in BEST_METRICS,
+       f'best_metric must be one of {sorted(BEST_METRICS)}, got {config.best_metric!r}'),
       (config.model.alpha > 0, f'model.alpha must be > 0, got {config.model.alpha}'),
       (config.model.weights != 'imagenet' or config.model.alpha in KERAS_ALPHAS,
        f'model.alpha={config.model.alpha} has no published ImageNet weights '
@@ -191,18 +219,57 @@ def validate(config: ml_collections.ConfigDict, backbone_layer_count: Callable[[
       raise ConfigError(f'{prefix} must have exactly {sorted(template.keys())}, has '
                         f'{sorted(settings.keys())}')
     _check_against(settings, template, prefix + '.')
-    _check_phase_values(settings, prefix, backbone_layer_count)
+    _check_phase_values(settings, prefix, backbone_layers)
 
 
-def _check_phase_values(settings, prefix: str, backbone_layer_count: Callable[[], int]):
-  if settings.epochs < 0 or settings.learning_rate <= 0:
-    raise ConfigError(f'{prefix}: epochs must be >= 0 and learning_rate > 0')
-  if settings.optimizer not in OPTIMIZERS:
-    raise ConfigError(f'{prefix}.optimizer must be one of {sorted(OPTIMIZERS)}, '
-                      f'got {settings.optimizer!r}')
-  if settings.fine_tune_at is not None and not 0 <= settings.fine_tune_at <= backbone_layer_count():
+def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Sequence]):
+  schedule = settings.schedule
+  checks = [
+      (settings.epochs >= 0 and settings.learning_rate > 0,
+       'epochs must be >= 0 and learning_rate > 0'),
+      (settings.optimizer in optim.OPTIMIZERS,
+       f'optimizer must be one of {list(optim.OPTIMIZERS)}, got {settings.optimizer!r}'),
+      (schedule.name in optim.SCHEDULES,
+       f'schedule.name must be one of {list(optim.SCHEDULES)}, got {schedule.name!r}'),
+      (schedule.warmup_epochs >= 0 and schedule.warmup_steps >= 0,
+       'schedule.warmup_epochs and warmup_steps must be >= 0'),
+      (not (schedule.warmup_epochs and schedule.warmup_steps),
+       'give schedule.warmup_epochs or schedule.warmup_steps, not both'),
+      (schedule.name != 'warmup_cosine' or schedule.warmup_epochs or schedule.warmup_steps,
+       "schedule.name='warmup_cosine' needs schedule.warmup_epochs or warmup_steps "
+       "('cosine' has no warmup)"),
+      (0 <= schedule.end_factor <= 1, 'schedule.end_factor must be in [0, 1]'),
+      (schedule.decay_epochs > 0 and 0 < schedule.decay_rate <= 1,
+       'schedule.decay_epochs must be > 0 and schedule.decay_rate in (0, 1]'),
+      (settings.weight_decay >= 0, 'weight_decay must be >= 0'),
+      (not settings.weight_decay or settings.optimizer == 'adamw',
+       "weight_decay is adamw's decoupled weight decay: set optimizer='adamw'"),
+      (settings.clip_norm >= 0, 'clip_norm must be >= 0 (0: no clipping)'),
+      (0 <= settings.momentum < 1, 'momentum must be in [0, 1)'),
+      (not settings.momentum or settings.optimizer in ('sgd', 'rmsprop'),
+       'momentum is an option of sgd and rmsprop'),
+      (not settings.nesterov or settings.momentum, 'nesterov needs momentum > 0'),
+      (settings.early_stopping.patience >= 0 and settings.early_stopping.min_delta >= 0,
+       'early_stopping.patience and min_delta must be >= 0'),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(f'{prefix}: {message}')
+  try:
+    re.compile(settings.weight_decay_exclude)
+  except re.error as e:
+    raise ConfigError(f'{prefix}.weight_decay_exclude is not a regex: {e}') from e
+  layers = backbone_layers()
+  if settings.fine_tune_at is not None and not 0 <= settings.fine_tune_at <= len(layers):
     raise ConfigError(f'{prefix}.fine_tune_at must be a Keras layer index in '
-                      f'0..{backbone_layer_count()} (or None), got {settings.fine_tune_at}')
+                      f'0..{len(layers)} (or None), got {settings.fine_tune_at}')
+  if settings.param_groups:
+    try:
+      param_groups.assign(param_groups.trained_layer_names(layers, settings.fine_tune_at),
+                          settings.param_groups)
+    except ValueError as e:
+      raise ConfigError(f'{prefix}.{e}') from e
+
 
 # Settings a resumed run may change without --allow_config_change: they do not change what it
 # computes from here on (the weights file is read only at the start; cached activations give

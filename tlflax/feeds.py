@@ -1,24 +1,25 @@
 """Where a phase's batches come from: the image pipeline, or caches of the frozen part's
 activations.
 
-A phase trains backbone layers from `fine_tune_at` up (none when None) and the head. The layers
-below are frozen and their BatchNorm is in inference mode, so without augmentation their output for
-an image never changes during the phase. `CachedFeed` runs them once over the training and
-validation splits and then serves batches of those activations (`batch['activations']`) in exactly
-the order and padding of the image pipeline: the pooled features in phase 1 (about 5 KB per image)
-and the activations at layer `fine_tune_at` in phase 2 (about 270 KB per image at 160x160 and layer
-100). Training on them gives the same result as training on images, minus the frozen part's cost.
+A phase trains the head and backbone layers from its first trained one up (`fine_tune_at`, or the
+lowest layer its `param_groups` train). The layers below are frozen and their BatchNorm is in
+inference mode, so without augmentation their output for an image never changes during the phase.
+`CachedFeed` runs them once over the training and validation splits and then serves batches of
+those activations (`batch['activations']`) in exactly the order and padding of the image pipeline:
+the pooled features in phase 1 (about 5 KB per image) and the activations at that layer in phase 2
+(about 270 KB per image at 160x160 and layer 100). Training on them gives the same result as
+training on images, minus the frozen part's cost.
 """
 import functools
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import jax
 import numpy as np
 from absl import logging
 
 from tlflax import parallel
-from tlflax.classifier import Classifier, backbone_layers
+from tlflax.classifier import Classifier
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset, train_steps)
 from tlflax.data.sources import Source
@@ -54,11 +55,6 @@ class ImageFeed:
 
   def evaluation(self, split: str) -> Iterator[dict]:
     return self.to_devices(eval_dataset(self.splits[split], self.config).as_numpy_iterator())
-
-
-def cache_boundary(fine_tune_at: Optional[int], layer_count: int) -> int:
-  """The first backbone layer a phase trains (`layer_count`: none, only the head)."""
-  return layer_count if fine_tune_at is None else max(fine_tune_at, 1)
 
 
 def cache_bytes(model: Classifier, variables, image_size: int, boundary: int,
@@ -140,13 +136,13 @@ class CachedFeed:
     return self._batches(split, eval_indices(self.images.splits[split], self.images.config))
 
 
-def for_phase(compute, model: Classifier, variables, images: ImageFeed,
-              fine_tune_at: Optional[int]):
-  """A phase's feed: cached activations below its first trained layer when `compute.cache_frozen`
-  asks for them and they fit in `compute.cache_limit_gb`; else `images`."""
+def for_phase(compute, model: Classifier, variables, images: ImageFeed, first_trained: int):
+  """A phase's feed: cached activations below its first trained backbone layer (`first_trained`,
+  a Keras index; the layer count when only the head trains) when `compute.cache_frozen` asks for
+  them and they fit in `compute.cache_limit_gb`; else `images`."""
   if not compute.cache_frozen:
     return images
-  boundary = cache_boundary(fine_tune_at, len(backbone_layers(model)))
+  boundary = max(first_trained, 1)
   examples = sum(images.splits[name].num_examples for name in ('train', 'validation'))
   size = cache_bytes(model, variables, images.config.image_size, boundary,
                      examples // jax.process_count())

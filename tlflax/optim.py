@@ -1,45 +1,100 @@
-"""Per-phase optimizers: which parameters train, and how.
+"""A phase's optimizer: learning-rate schedule, optimizer options and parameter groups, in optax.
 
-A phase trains the head and the backbone layers from Keras index `fine_tune_at` on (None: none of
-the backbone). Each parameter is in the group 'trainable' or 'frozen' (`param_groups`; optax calls
-these its "labels"). Frozen parameters go through `optax.set_to_zero()` inside an
-`optax.multi_transform`: they get no optimizer state and no update. The train step also skips their
-gradients (see `tlflax.steps`).
+The labels of `tlflax.param_groups` pick each leaf's transformation inside one
+`optax.multi_transform`: frozen leaves go through `optax.set_to_zero()` (no optimizer state, no
+update; the train step also skips their gradients, see `tlflax.steps`), trainable ones through the
+phase's optimizer at its scheduled learning rate times the group's multiplier. The schedule counts
+the phase's own steps (each phase starts a fresh optimizer, so it restarts per phase); its count is
+part of the optimizer state, so a resumed run carries on where it stopped. Clipping by global
+norm, when asked for, sees the gradients of all groups together.
 """
-from typing import Optional
+import re
 
 import jax
-import numpy as np
 import optax
 
-from tlflax.models import trainable_mask
+from tlflax.param_groups import FROZEN, multiplier_of
 
-# Keras's defaults for the tutorial's optimizers (epsilon 1e-7; RMSprop rho 0.9, no momentum).
-# The config check (`tlflax.config`) refuses other names.
-OPTIMIZERS = {
-    'adam': lambda lr: optax.adam(lr, eps=1e-7),
-    'rmsprop': lambda lr: optax.rmsprop(lr, decay=0.9, eps=1e-7),
-    'sgd': optax.sgd,
-}
+OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'step', 'exponential')
+# Phase settings that shape the optimizer state (a schedule's count is part of it) or the steps a
+# schedule counts: a run cannot change them mid-phase.
+STATE_SHAPING = ('optimizer', 'fine_tune_at', 'param_groups', 'clip_norm', 'momentum', 'schedule')
 
 
-def param_groups(params: dict, layers, fine_tune_at: Optional[int]) -> dict:
-  """'trainable' / 'frozen' for every leaf of the classifier's `{'backbone', 'head'}` params."""
-  start = len(layers) if fine_tune_at is None else fine_tune_at
-  mask = {'backbone': trainable_mask(params['backbone'], layers, start),
-          'head': jax.tree.map(lambda _: True, params['head'])}
-  return jax.tree.map(lambda trainable: 'trainable' if trainable else 'frozen', mask)
+def warmup_steps(settings, steps_per_epoch: int) -> int:
+  """The phase's warmup in steps (`schedule.warmup_steps`, or `warmup_epochs` converted)."""
+  schedule = settings.schedule
+  return schedule.warmup_steps or round(schedule.warmup_epochs * steps_per_epoch)
 
 
-def make_optimizer(name: str, learning_rate: float, groups: dict):
-  """`multi_transform` of the named optimizer for trainable leaves and `set_to_zero` for frozen."""
-  return optax.multi_transform({'trainable': OPTIMIZERS[name](learning_rate),
-                                'frozen': optax.set_to_zero()}, groups)
+def make_schedule(settings, steps_per_epoch: int) -> optax.Schedule:
+  """The phase's learning rate at each of its steps (0-based):
+
+  constant                `learning_rate`
+  cosine, warmup_cosine   cosine decay, reaching `end_factor * learning_rate` after the last step
+  step                    times `decay_rate` every `decay_epochs` epochs
+  exponential             the same, continuously (`decay_rate ** (steps / decay steps)`)
+
+  after a linear warmup from 0 over `warmup_epochs` (or `warmup_steps`), which decay schedules
+  do not count ('warmup_cosine' is `optax.warmup_cosine_decay_schedule`)."""
+  schedule, peak = settings.schedule, settings.learning_rate
+  warmup = warmup_steps(settings, steps_per_epoch)
+  decay_steps = settings.epochs * steps_per_epoch - warmup
+  if schedule.name == 'constant':
+    decay = optax.constant_schedule(peak)
+  elif schedule.name in ('cosine', 'warmup_cosine'):
+    decay = optax.cosine_decay_schedule(peak, max(decay_steps, 1), alpha=schedule.end_factor)
+  else:
+    decay = optax.exponential_decay(
+        peak, transition_steps=max(round(schedule.decay_epochs * steps_per_epoch), 1),
+        decay_rate=schedule.decay_rate, staircase=schedule.name == 'step')
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def count_params(params: dict, groups: dict) -> dict[str, int]:
-  """Numbers of trainable and frozen parameters (the tutorial's model summary counts)."""
-  counts = {'trainable': 0, 'frozen': 0}
-  for leaf, group in zip(jax.tree.leaves(params), jax.tree.leaves(groups)):
-    counts[group] += int(np.size(leaf))
-  return counts
+def _path_name(path) -> str:
+  return '/'.join(str(getattr(key, 'key', key)) for key in path)
+
+
+def weight_decay_mask(exclude: str):
+  """adamw's mask: decay every leaf whose path 'layer/variable' (e.g. 'block_3_expand_BN/scale')
+  the `exclude` regex does not match in whole."""
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: not re.fullmatch(exclude, _path_name(path[-2:])), params)
+
+
+def base_optimizer(settings, learning_rate) -> optax.GradientTransformation:
+  """The phase's `optimizer` with its options, at `learning_rate` (a number or schedule). Adam,
+  AdamW and RMSprop take Keras's defaults (epsilon 1e-7; RMSprop rho 0.9)."""
+  momentum = settings.momentum or None
+  if settings.optimizer == 'adam':
+    return optax.adam(learning_rate, eps=1e-7)
+  if settings.optimizer == 'adamw':
+    return optax.adamw(learning_rate, eps=1e-7, weight_decay=settings.weight_decay,
+                       mask=weight_decay_mask(settings.weight_decay_exclude))
+  if settings.optimizer == 'rmsprop':
+    return optax.rmsprop(learning_rate, decay=0.9, eps=1e-7, momentum=momentum,
+                         nesterov=settings.nesterov)
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=settings.nesterov)
+
+
+def make_optimizer(settings, groups: dict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The phase's transformation for parameters labelled by `groups` (`tlflax.param_groups`). A
+  constant rate without warmup is passed as a number, so the optimizer keeps no step count for
+  it (the tutorial's optimizer state, exactly)."""
+  constant = settings.schedule.name == 'constant' and not warmup_steps(settings, steps_per_epoch)
+  schedule = make_schedule(settings, steps_per_epoch)
+
+  def rate(multiplier):
+    if constant:
+      return settings.learning_rate * multiplier
+    return schedule if multiplier == 1 else lambda count: schedule(count) * multiplier
+
+  transforms = {label: base_optimizer(settings, rate(multiplier_of(label)))
+                for label in set(jax.tree.leaves(groups)) - {FROZEN}}
+  tx = optax.multi_transform({**transforms, FROZEN: optax.set_to_zero()}, groups)
+  if settings.clip_norm:
+    return optax.chain(optax.clip_by_global_norm(settings.clip_norm), tx)
+  return tx

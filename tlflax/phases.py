@@ -16,7 +16,8 @@ from tlflax.errors import ConfigError
 class Phase:
   """A phase of the run, placed on the run's global epoch count."""
   name: str
-  settings: ml_collections.ConfigDict  # epochs, optimizer, learning_rate, fine_tune_at
+  index: int  # its place in the run's phase order
+  settings: ml_collections.ConfigDict  # `tlflax.config.phase`
   first_epoch: int  # global epochs before it
 
   @property
@@ -27,8 +28,8 @@ class Phase:
 def phase_plan(config) -> list[Phase]:
   """The phases in `config.phase_order`, each with the global epochs that precede it."""
   plan, first = [], 0
-  for name, settings in config_lib.ordered_phases(config):
-    plan.append(Phase(name, settings, first))
+  for index, (name, settings) in enumerate(config_lib.ordered_phases(config)):
+    plan.append(Phase(name, index, settings, first))
     first += settings.epochs
   return plan
 
@@ -40,3 +41,25 @@ def locate(plan: list[Phase], epoch: int) -> tuple[Phase, int]:
       return phase, epoch - phase.first_epoch
   raise ConfigError(f'the config has {plan[-1].last_epoch} epochs in all; the workdir has a '
                     f'checkpoint of epoch {epoch}')
+
+
+def stops_early(records: list, settings, best_metric: str, mode: str) -> bool:
+  """Whether a phase's epoch `records` so far (history records, in order) end it under its
+  `early_stopping` settings: `patience` epochs in a row without improving `best_metric` by more
+  than `min_delta` on the phase's best so far (Keras's `EarlyStopping`; `mode`: 'min' or 'max')."""
+  patience, min_delta = settings.early_stopping.patience, settings.early_stopping.min_delta
+  if not patience:
+    return False
+  best, waited = None, 0
+  for record in records:
+    value = record[best_metric] if mode == 'max' else -record[best_metric]
+    if best is None or value - min_delta > best:
+      best, waited = value, 0
+    else:
+      waited += 1
+  return waited >= patience
+
+
+def ended_early(history: dict, phase: Phase) -> bool:
+  """Whether the run's `history` says early stopping ended `phase`."""
+  return history['phases'].get(phase.name, {}).get('stopped_early_after') is not None

@@ -79,13 +79,13 @@ def _image_batches(paths: list[Path], batch_size: int, image_size: int, max_pixe
     logging.warning('skipped %s: not a readable image', printable(small[skipped]))
 
 
-def predict(config, workdir, inputs: str) -> Iterator[tuple]:
+def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterator[tuple]:
   """Yields (path, class name, probability, [(class, probability)] top k) for each readable image
-  of `inputs`, k = min(5, classes), classified with the workdir's newest checkpoint `batch_size`
-  at a time (the last batch padded, so one compilation serves all), and writes the rows to
-  WORKDIR/predictions.csv as they come."""
+  of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best'
+  or an epoch: `restore_for_inference`) `batch_size` at a time (the last batch padded, so one
+  compilation serves all), and writes the rows to WORKDIR/predictions.csv as they come."""
   check_config(config)
-  trained = restore_for_inference(config, workdir, parallel.data_mesh())
+  trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
   apply = jax.jit(trained.model.apply)
   k = min(TOP_K, len(trained.class_names))
   batches = _image_batches(list_images(inputs), config.batch_size, config.image_size,

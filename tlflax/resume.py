@@ -18,7 +18,8 @@ from tlflax import config as config_lib
 from tlflax import objectives, parallel
 from tlflax.classifier import init_variables
 from tlflax.errors import CheckpointError, ConfigError, DataError
-from tlflax.phases import Phase, locate, phase_plan
+from tlflax.optim import STATE_SHAPING
+from tlflax.phases import Phase, ended_early, locate, phase_plan
 from tlflax.reports import write_json
 from tlflax.steps import TrainState
 
@@ -39,6 +40,9 @@ def restore_or_initialize(run) -> Position:
     meta = checkpoint_meta(run.checkpoints, epoch)
     changed = _config_changes(run, meta['config'])
     phase, done = _check_resume(run, meta, epoch, changed)
+    if ended_early(meta['history'], phase):  # the next phase starts where this one would end
+      return Position(phase.last_epoch, meta['step'],
+                      run.checkpoints.restore_model(epoch, run.abstract), meta['history']), changed
     if done < phase.settings.epochs:  # mid-phase: the optimizer state too
       _, tx = run.optimizer(phase)
       state = run.checkpoints.restore_state(
@@ -102,13 +106,15 @@ def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, in
   structural = {'model.alpha'}
   if trained_with_sigmoid(meta) != run.objective.sigmoid:
     structural.add('model.head')
-  if done < phase.settings.epochs:  # the optimizer state carries on
-    structural |= {f'phases.{phase.name}.{key}' for key in ('fine_tune_at', 'optimizer')}
-  blocking = sorted(structural & set(changed))
+  if done < phase.settings.epochs and not ended_early(meta['history'], phase):
+    # mid-phase, the optimizer state and the schedule's step count carry on
+    structural |= {'batch_size', *(f'phases.{phase.name}.{key}' for key in STATE_SHAPING)}
+  blocking = sorted(key for key in changed
+                    if key in structural or key.rsplit('.', 1)[0] in structural)
   if blocking:
     raise ConfigError(f'cannot continue {run.workdir} with a new {", ".join(blocking)}: the '
-                      'checkpoint holds parameters or optimizer state of another shape. Use '
-                      'another workdir.')
+                      'checkpoint holds parameters, optimizer state or a schedule made for the '
+                      'old value. Use another workdir.')
   return phase, done
 
 

@@ -10,6 +10,7 @@ from flax import traverse_util
 
 from tlflax import parallel
 from tlflax.objectives import Objective
+from tlflax.param_groups import FROZEN
 
 
 @flax.struct.dataclass
@@ -35,11 +36,11 @@ class TrainState:
 def train_step(state: TrainState, batch, *, apply_fn, tx, param_groups, objective: Objective,
                dropout_rng, input_key='image'):
   """One optimizer step on `batch[input_key]` with the `objective`'s class-weighted loss. Only
-  parameters in the 'trainable' group are differentiated, so the backward pass stops at the
+  parameters outside the 'frozen' group are differentiated, so the backward pass stops at the
   freeze boundary; frozen leaves get zeros, which `set_to_zero` ignores."""
   flat = traverse_util.flatten_dict(state.params)
   flat_groups = traverse_util.flatten_dict(param_groups)
-  trainable = {k: v for k, v in flat.items() if flat_groups[k] == 'trainable'}
+  trainable = {k: v for k, v in flat.items() if flat_groups[k] != FROZEN}
 
   def loss_fn(trainable):
     params = traverse_util.unflatten_dict({**flat, **trainable})

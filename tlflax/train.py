@@ -5,9 +5,14 @@ the config, evaluates before training, runs the phases in `config.phase_order` (
 from the previous phase's parameters with a fresh optimizer), evaluates on the test split and
 writes:
 
-    config.json, history.json, test_metrics.json, learning_curves.png, predictions.png,
-    evaluation/{validation,test}{.json,_confusion.png,_mistakes.png} (per-class evaluation),
-    final_variables.msgpack, checkpoints/<epoch>/, phases/<phase name>/
+    config.json, environment.json, history.json, test_metrics.json, learning_curves.png,
+    predictions.png, evaluation/{validation,test}{.json,_confusion.png,_mistakes.png} (per-class
+    evaluation), final_variables.msgpack, checkpoints/<epoch>/ (the latest and the best),
+    phases/<phase name>/, tensorboard/ (`tlflax.tracking`)
+
+A phase's parameter groups, schedule and optimizer come from `tlflax.param_groups` and
+`tlflax.optim`; early stopping (`tlflax.phases.stops_early`) can end it before its last epoch,
+and the next phase then starts where its epochs would have.
 
 The class count comes from the data, the head's width and loss from the class count
 (`tlflax.objectives`).
@@ -23,22 +28,25 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import evaluation, feeds, objectives, optim, parallel, reports, resume
+from tlflax import evaluation, feeds, objectives, optim, parallel, reports, resume, tracking
+from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.data.pipeline import PipelineConfig
-from tlflax.errors import ConfigError, DataError, TrainingDiverged
+from tlflax.errors import CheckpointError, ConfigError, DataError, RunError, TrainingDiverged
 from tlflax.objectives import Objective
-from tlflax.phases import Phase, phase_plan
+from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
 from tlflax.steps import TrainState, make_train_step
 
@@ -52,7 +60,7 @@ def make_model(config, objective: Objective) -> Classifier:
 
 def check_config(config):
   """Fails with `ConfigError` naming the key, before any work, if `config` cannot run."""
-  config_lib.validate(config, lambda: len(backbone_layers(Classifier(alpha=config.model.alpha))))
+  config_lib.validate(config, lambda: backbone_layers(Classifier(alpha=config.model.alpha)))
 
 
 def load_splits(config) -> dict:
@@ -136,6 +144,7 @@ class Run:
   image_feed: feeds.ImageFeed  # its eval_step serves the initial and test evaluations
   abstract: dict  # shapes of {'params', 'batch_stats'}
   checkpoints: checkpoints_lib.Checkpoints
+  tracker: tracking.Tracker
   primary: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
 
   @classmethod
@@ -146,6 +155,7 @@ class Run:
                  mesh.size, jax.process_count(), config.batch_size // mesh.size)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
     splits = load_splits(config)
     class_names = list(splits['train'].class_names)
     objective = make_objective(config, class_names, splits['train'].class_counts)
@@ -157,7 +167,8 @@ class Run:
                                config.compute.prefetch),
                abstract_variables(model, config.image_size),
                checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
-                                           parallel.replicated(mesh)))
+                                           parallel.replicated(mesh), config.best_metric),
+               tracking.Tracker(workdir, primary), primary)
 
   def rngs(self):
     """(initialization key, dropout key) from the config's seed."""
@@ -165,10 +176,19 @@ class Run:
 
   def optimizer(self, phase: Phase):
     """(parameter groups, optax transformation) of a phase: which parameters train, and how."""
-    groups = optim.param_groups(self.abstract['params'], backbone_layers(self.model),
-                                phase.settings.fine_tune_at)
-    return groups, optim.make_optimizer(phase.settings.optimizer, phase.settings.learning_rate,
-                                        groups)
+    groups = param_groups_lib.param_groups(
+        self.abstract['params'], backbone_layers(self.model), phase.settings.fine_tune_at,
+        phase.settings.param_groups)
+    return groups, optim.make_optimizer(phase.settings, groups, self.image_feed.steps_per_epoch)
+
+  def check_warmups(self):
+    """`ConfigError` if a phase's warmup is longer than the phase (which needs the data's steps
+    per epoch, so the config check cannot tell)."""
+    steps = self.image_feed.steps_per_epoch
+    for phase in phase_plan(self.config):
+      if optim.warmup_steps(phase.settings, steps) > phase.settings.epochs * steps:
+        raise ConfigError(f'phases.{phase.name}.schedule: the warmup is longer than the phase '
+                          f'({phase.settings.epochs} epochs of {steps} steps)')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
@@ -176,7 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model."""
   check_config(config)
   run = Run.create(config, workdir, allow_config_change)
+  run.check_warmups()
   position = resume.restore_or_initialize(run)
+  if run.primary:  # a start that the workdir's run accepted
+    tracking.record_environment(run.workdir)
   if 'initial' not in position.history:  # the tutorial's loss0 / accuracy0
     initial = _checked(evaluate(run.image_feed.eval_step, position.variables,
                                 run.image_feed.evaluation('validation')), 'before training')
@@ -195,6 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   variables = parallel.to_host(position.variables)
   if run.primary:
     reports.write_reports(run, history, variables)
+    run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
+                                       for name in ('learning_curves', 'predictions')})
+  run.tracker.close()
   return TrainResult(history, variables)
 
 
@@ -205,39 +231,65 @@ class TrainResult:
 
 
 def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
-  """Trains `phase` from `position` to its last epoch, checkpointing after every epoch."""
+  """Trains `phase` from `position` to its last epoch (or until early stopping ends it),
+  checkpointing after every epoch."""
   groups, tx = run.optimizer(phase)
   state = position.state or TrainState.create(position.variables, tx, position.step)
   settings, history = phase.settings, position.history
-  counts = optim.count_params(state.params, groups)
-  logging.info('Phase %s: %s epochs, %s at %g, fine_tune_at %s; trainable params %s, frozen %s',
+  counts = param_groups_lib.count_params(state.params, groups)
+  layers = backbone_layers(run.model)
+  logging.info('Phase %s: %s epochs, %s at %g (%s schedule), %s; trainable params %s, frozen %s',
                phase.name, settings.epochs, settings.optimizer, settings.learning_rate,
-               settings.fine_tune_at, f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+               settings.schedule.name,
+               f'param_groups {list(settings.param_groups)}' if settings.param_groups
+               else f'fine_tune_at {settings.fine_tune_at}',
+               f"{counts['trainable']:,}", f"{counts['frozen']:,}")
   phase_start = time.perf_counter()  # from here: caches, compilation, epochs and validation
   feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
-                         settings.fine_tune_at)
+                         param_groups_lib.first_trained_layer(groups, layers))
   _, dropout_rng = run.rngs()
   train_step = make_train_step(feed.apply_fn, tx, groups, run.objective, dropout_rng, run.mesh,
                                feed.input_key)
+  schedule = optim.make_schedule(settings, feed.steps_per_epoch)
   config_json = resume.config_as_json(run.config)  # what each checkpoint records
+  mode = checkpoints_lib.BEST_METRICS[run.config.best_metric]
   for epoch in range(position.epoch + 1, phase.last_epoch + 1):
-    state, record = _run_epoch(phase, epoch, state, train_step, feed)
+    phase_steps = np.arange((epoch - phase.first_epoch - 1) * feed.steps_per_epoch,
+                            (epoch - phase.first_epoch) * feed.steps_per_epoch)
+    # the rate of each of the epoch's steps (a constant schedule gives one number for all)
+    learning_rates = np.broadcast_to(schedule(phase_steps), phase_steps.shape)
+    state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1])
     history['epochs'].append(record)
     history['phases'][phase.name] = {'seconds': time.perf_counter() - phase_start,
                                      **feed.record()}
-    if epoch == phase.last_epoch:  # before the epoch's checkpoint, which marks the phase done
+    step = int(state.step)
+    run.tracker.learning_rates(step - len(learning_rates) + 1, learning_rates)
+    run.tracker.epoch(step, record, phase.index)
+    stop = epoch < phase.last_epoch and stops_early(
+        [r for r in history['epochs'] if r['phase'] == phase.name], settings,
+        run.config.best_metric, mode)
+    if stop:
+      history['phases'][phase.name]['stopped_early_after'] = epoch - phase.first_epoch
+    if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
       run.checkpoints.save_phase(phase.name, state.variables)
     run.checkpoints.save(epoch, state, {
         'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
-        'step': int(state.step), 'class_names': run.class_names,
-        'config': config_json, 'history': history})
+        'step': step, 'class_names': run.class_names,
+        'config': config_json, 'history': history}, record)
     if run.primary:
       reports.write_json(run.workdir / 'history.json', history)
+    if stop:
+      logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
+                   'ends after epoch %d of %d', run.config.best_metric,
+                   settings.early_stopping.min_delta, settings.early_stopping.patience,
+                   phase.name, epoch - phase.first_epoch, settings.epochs)
+      break
   return Position(phase.last_epoch, int(state.step), state.variables, history)
 
 
-def _run_epoch(phase: Phase, epoch: int, state, train_step, feed):
-  """One epoch of `phase` and its validation; (state, the epoch's history record)."""
+def _run_epoch(phase: Phase, epoch: int, state, train_step, feed, learning_rate: float):
+  """One epoch of `phase` and its validation; (state, the epoch's history record, with the
+  `learning_rate` of its last step)."""
   phase_epoch = epoch - phase.first_epoch
   where = f'phase {phase.name!r}, epoch {phase_epoch}/{phase.settings.epochs} (global {epoch})'
   state, train_metrics = _train_epoch(train_step, state, feed.train(epoch - 1),
@@ -246,12 +298,14 @@ def _run_epoch(phase: Phase, epoch: int, state, train_step, feed):
   validation = _checked(evaluate(feed.eval_step, state.variables, feed.evaluation('validation')),
                         f'validation after {where}')
   record = {'phase': phase.name, 'epoch': epoch, **train_metrics,
+            'learning_rate': float(learning_rate),
             **{f'val_{key}': value for key, value in validation.items() if key != 'count'},
             'val_images_per_second': validation['count']
                                      / (time.perf_counter() - validation_start)}
   logging.info('Epoch %d (%s %d/%d): loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, '
-               '%s images/s', epoch, phase.name, phase_epoch, phase.settings.epochs,
-               record['loss'], record['accuracy'], record['val_loss'], record['val_accuracy'],
+               'learning rate %.3g, %s images/s', epoch, phase.name, phase_epoch,
+               phase.settings.epochs, record['loss'], record['accuracy'], record['val_loss'],
+               record['val_accuracy'], learning_rate,
                'n/a' if record['images_per_second'] is None
                else f"{record['images_per_second']:.1f}")
   return state, record
@@ -320,11 +374,34 @@ class Trained:
   class_names: list
   objective: Objective
   config: dict  # the config it was trained with, as JSON
+  epoch: int  # the global epoch of its checkpoint
 
 
-def restore_for_inference(config, workdir, mesh) -> Trained:
-  """The workdir's newest checkpoint that restores, with the class names it was trained on."""
-  checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh))
+def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> Trained:
+  """A checkpoint of the workdir, with the class names it was trained on: `checkpoint` is
+  'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
+  which chose the checkpoint it kept) or an epoch."""
+  checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh),
+                                            best_metric=config.best_metric)
+  try:
+    trained = _restore_trained(config, workdir, checkpoints, checkpoint)
+  finally:
+    checkpoints.close()
+  logging.info('Using the checkpoint of epoch %d (--checkpoint=%s)', trained.epoch, checkpoint)
+  return trained
+
+
+def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
+  if not checkpoints.epochs():
+    raise DataError(f'{workdir} has no checkpoint to use; train first')
+  if checkpoint == 'best':
+    _, trained_metric = checkpoints.restore_newest(lambda epoch: resume.checkpoint_meta(
+        checkpoints, epoch)['config'].get('best_metric', 'val_loss'))
+    if trained_metric != config.best_metric:
+      logging.warning('The best checkpoint is the best by %s, the run\'s best_metric (the config '
+                      'says %s)', trained_metric, config.best_metric)
+    checkpoints.best_metric = trained_metric
+  chosen = checkpoints.select(checkpoint)
 
   def restore(epoch):
     meta = resume.checkpoint_meta(checkpoints, epoch)
@@ -338,19 +415,26 @@ def restore_for_inference(config, workdir, mesh) -> Trained:
                           f'{config.model[key]}')
     model = make_model(config, objective)
     variables = checkpoints.restore_model(epoch, abstract_variables(model, config.image_size))
-    return Trained(model, variables, list(meta['class_names']), objective, meta['config'])
+    return Trained(model, variables, list(meta['class_names']), objective, meta['config'], epoch)
 
-  restored = checkpoints.restore_newest(restore)
-  checkpoints.close()
-  if restored is None:
-    raise DataError(f'{workdir} has no checkpoint to use; train first')
-  return restored[1]
+  if chosen is None:
+    return checkpoints.restore_newest(restore)[1]
+  try:
+    return restore(chosen)
+  except RunError:
+    raise
+  except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+    raise CheckpointError(f'the checkpoint of epoch {chosen} in {workdir} does not restore '
+                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                          '--checkpoint=latest uses the newest that does') from e
 
 
-def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool) -> dict:
-  """`evaluation.evaluate_split` of `split`, written to WORKDIR/evaluation/ if `write`; a
-  non-finite loss is `TrainingDiverged`."""
-  report = _checked(evaluation.evaluate_split(feed, variables, split), f'{split} split')
+def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool,
+                       about: Optional[dict] = None) -> dict:
+  """`evaluation.evaluate_split` of `split` and the entries of `about`, written to
+  WORKDIR/evaluation/ if `write`; a non-finite loss is `TrainingDiverged`."""
+  report = {**_checked(evaluation.evaluate_split(feed, variables, split), f'{split} split'),
+            **(about or {})}
   if write:
     evaluation.write_report(report, feed, split, Path(workdir) / 'evaluation')
   logging.info('%s: loss %.4f, accuracy %.4f, macro F1 %.4f (%d examples)', split.title(),
@@ -364,15 +448,17 @@ SPLIT_KEYS = ('seed', 'data.folder', 'data.tfds_name', 'data.split_scheme', 'dat
               'data.label_feature')
 
 
-def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool = False) -> dict:
-  """The per-class report (`tlflax.evaluation`) of the workdir's newest checkpoint on a split of
-  the config's data, written to WORKDIR/evaluation/. Data settings that differ from the training
+def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool = False,
+                        checkpoint: str = 'latest') -> dict:
+  """The per-class report (`tlflax.evaluation`) of a checkpoint of the workdir (`checkpoint`, see
+  `restore_for_inference`) on a split of the config's data, written to WORKDIR/evaluation/; its
+  'checkpoint_epoch' says which. Data settings that differ from the training
   run's (`SPLIT_KEYS`: a test split carved with another seed may hold training images) are a
   `ConfigError` unless `other_data`."""
   check_config(config)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  trained = restore_for_inference(config, workdir, mesh)
+  trained = restore_for_inference(config, workdir, mesh, checkpoint)
   changed = {key: values for key, values in config_lib.differences(
       trained.config, resume.config_as_json(config)).items() if key in SPLIT_KEYS}
   if changed and not other_data:
@@ -387,4 +473,5 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
                     f'data has {data_classes}')
   feed = feeds.ImageFeed(trained.model, trained.objective, splits, pipeline_config(config), mesh,
                          config.compute.prefetch)
-  return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0)
+  return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0,
+                            {'checkpoint_epoch': trained.epoch})
