@@ -278,22 +278,38 @@ RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_g
                'compute.cache_frozen', 'model.weights')
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  flat = {}
+def flat(tree: dict, prefix: str = '') -> dict:
+  """A config as JSON, as {dotted key: value}."""
+  values = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
+      values.update(flat(value, f'{prefix}{key}.'))
     else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+      values[f'{prefix}{key}'] = value
+  return values
+
+
+# Settings that do not change what the first phase computes, or that only later phases read.
+_NOT_FIRST_PHASE = ('checkpoints_to_keep', 'compute.prefetch', 'phase_order', 'phases.')
+
+
+def first_phase_settings(config_json: dict) -> dict:
+  """What a run's first phase depends on: {dotted key: value} of its config (as JSON) without
+  the later phases and the settings that do not change results. Runs with equal ones train the
+  same first phase."""
+  values = flat(config_json)
+  first = config_json['phase_order'][0]
+  kept = {key: value for key, value in values.items() if not key.startswith(_NOT_FIRST_PHASE)
+          or key.startswith(f'phases.{first}.')}
+  return {**kept, 'phase_order': [first]}
 
 
 def differences(stored: dict, current: dict) -> dict:
   """{dotted key: (stored value, current value)} of two configs as JSON, a key missing on one
   side as None. A key the stored config lacks (a setting added to tlflax since) that holds its
   default now is no difference."""
-  old, new = _flat(stored), _flat(current)
-  default = _flat(json.loads(defaults().to_json_best_effort()))
+  old, new = flat(stored), flat(current)
+  default = flat(json.loads(defaults().to_json_best_effort()))
   return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
           if old.get(key) != new.get(key)
           and not (key not in old and key in default and new[key] == default[key])}

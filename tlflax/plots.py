@@ -1,4 +1,4 @@
-"""The tutorial's figures: learning curves across phases, and a grid of test predictions."""
+"""Figures: learning curves across phases, image grids, confusion matrix, sweep results."""
 import matplotlib
 
 matplotlib.use('Agg')
@@ -69,6 +69,45 @@ def confusion_matrix(matrix, class_names, title: str, path):
       axis.text(column, row, str(count), ha='center', va='center',
                 color='white' if count > threshold else 'black')
   axis.set_title(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def sweep_results(groups: list, metric: str, path):
+  """Each setting's mean `metric` with its standard deviation over seeds as an error bar
+  (`groups` from `tlflax.sweep.report.aggregate`)."""
+  figure, axis = plt.subplots(figsize=(max(7, 1.8 * len(groups)), 4.5))
+  positions = range(len(groups))
+  axis.errorbar(positions, [g[metric] for g in groups],
+                yerr=[g[f'{metric}_std'] or 0.0 for g in groups], fmt='o', capsize=4)
+  axis.set_xticks(list(positions), [f"{g['setting']}\n({g['trials']})" for g in groups],
+                  rotation=30, ha='right', fontsize=8)
+  axis.set_ylabel(metric.replace('_', ' '))
+  axis.set_title('mean and standard deviation over seeds (number of seeds)')
+  axis.grid(axis='y', alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def sweep_curves(histories: dict, path):
+  """Validation accuracy per epoch of every trial (`{name: history}`), overlaid, with a dotted
+  line where each phase after the first starts."""
+  figure, axis = plt.subplots(figsize=(9, 5))
+  starts = set()
+  for name, history in histories.items():
+    epochs = history['epochs']
+    axis.plot([e['epoch'] for e in epochs], [e['val_accuracy'] for e in epochs], marker='.',
+              label=name, alpha=0.8)
+    starts |= {e['epoch'] - 0.5 for before, e in zip(epochs, epochs[1:])
+               if e['phase'] != before['phase']}
+  for start in sorted(starts):
+    axis.axvline(start, color='gray', linestyle=':')
+  axis.set_xlabel('epoch')
+  axis.set_ylabel('validation accuracy')
+  axis.set_title('Validation accuracy of every trial (dotted: a phase starts)')
+  axis.legend(fontsize=7, ncol=2)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

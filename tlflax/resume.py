@@ -9,6 +9,8 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -16,6 +18,7 @@ from absl import logging
 
 from tlflax import config as config_lib
 from tlflax import objectives, parallel
+from tlflax.checkpoints import Checkpoints
 from tlflax.classifier import init_variables
 from tlflax.errors import CheckpointError, ConfigError, DataError
 from tlflax.optim import STATE_SHAPING
@@ -34,8 +37,9 @@ class Position:
   state: Optional[TrainState] = None  # mid-phase: the phase's train state, optimizer included
 
 
-def restore_or_initialize(run) -> Position:
-  """The newest checkpoint that restores, checked against the config; else a fresh start."""
+def restore_or_initialize(run, first_phase_from=None) -> Position:
+  """The newest checkpoint that restores, checked against the config; else a fresh start, or
+  the end of the first phase trained in the workdir `first_phase_from` (`after_shared_phase`)."""
   def restore(epoch):
     meta = checkpoint_meta(run.checkpoints, epoch)
     changed = _config_changes(run, meta['config'])
@@ -60,9 +64,49 @@ def restore_or_initialize(run) -> Position:
   config_path = run.workdir / 'config.json'
   stored = json.loads(config_path.read_text()) if config_path.is_file() else None
   _write_config(run, _config_changes(run, stored), 0)
+  if first_phase_from is not None:
+    return after_shared_phase(run, Path(first_phase_from))
   init_rng, _ = run.rngs()
   variables = init_variables(run.model, run.config.image_size, init_rng, run.config.model.weights)
   return Position(0, 0, parallel.replicate(variables, run.mesh), {'epochs': [], 'phases': {}})
+
+
+def after_shared_phase(run, source: Path) -> Position:
+  """Where the run stands after its first phase, taken from `source`: a finished run of that
+  phase alone (`tlflax.sweep`) whose config agrees with the run's on everything the phase depends
+  on (`config.first_phase_settings`); else `ConfigError` lists what differs."""
+  first = phase_plan(run.config)[0]
+  if not (source / 'checkpoints').is_dir():
+    raise ConfigError(f'{source} holds no checkpoints of a phase {first.name!r} to start from')
+  checkpoints = Checkpoints(source, sharding=parallel.replicated(run.mesh))
+  try:
+    epochs = checkpoints.epochs()
+    meta = checkpoint_meta(checkpoints, epochs[-1]) if epochs else None
+    if meta is None or meta['phase'] != first.name or not (
+        meta['phase_epoch'] == first.settings.epochs or ended_early(meta['history'], first)):
+      raise ConfigError(f'{source} holds no finished phase {first.name!r} to start from')
+    changed = config_lib.differences(config_lib.first_phase_settings(meta['config']),
+                                     config_lib.first_phase_settings(config_as_json(run.config)))
+    if changed:
+      raise ConfigError(f'{source} trained phase {first.name!r} with another config '
+                        f'({listing(changed)})')
+    if meta['class_names'] != run.class_names:
+      raise DataError(f'{source} trained on classes {meta["class_names"]}; the data now has '
+                      f'{run.class_names}')
+    try:
+      variables = checkpoints.restore_model(epochs[-1], run.abstract)
+    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      raise CheckpointError(f'the shared phase in {source} does not restore ({type(e).__name__}); '
+                            'move it away to train it again') from e
+  finally:
+    checkpoints.close()
+  history = meta['history']
+  history['phases'][first.name]['shared_from'] = str(source)
+  if run.primary and (source / 'phases' / first.name).is_dir():
+    shutil.copytree(source / 'phases' / first.name, run.workdir / 'phases' / first.name,
+                    dirs_exist_ok=True)
+  logging.info('Starting after phase %s, trained in %s', first.name, source)
+  return Position(first.last_epoch, meta['step'], variables, history)
 
 
 def config_as_json(config) -> dict:

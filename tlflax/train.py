@@ -192,12 +192,14 @@ class Run:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
-                       allow_config_change: bool = False) -> 'TrainResult':
-  """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model."""
+                       allow_config_change: bool = False, first_phase_from=None) -> 'TrainResult':
+  """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model.
+  `first_phase_from`: a workdir that trained this run's first phase alone (`tlflax.sweep`); a
+  fresh run starts after it."""
   check_config(config)
   run = Run.create(config, workdir, allow_config_change)
   run.check_warmups()
-  position = resume.restore_or_initialize(run)
+  position = resume.restore_or_initialize(run, first_phase_from)
   if run.primary:  # a start that the workdir's run accepted
     tracking.record_environment(run.workdir)
   if 'initial' not in position.history:  # the tutorial's loss0 / accuracy0
@@ -244,7 +246,9 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                f'param_groups {list(settings.param_groups)}' if settings.param_groups
                else f'fine_tune_at {settings.fine_tune_at}',
                f"{counts['trainable']:,}", f"{counts['frozen']:,}")
-  phase_start = time.perf_counter()  # from here: caches, compilation, epochs and validation
+  # from here: caches, compilation, epochs and validation (and those before a resume mid-phase)
+  phase_start = time.perf_counter() - (history['phases'].get(phase.name, {}).get('seconds', 0.0)
+                                       if position.state is not None else 0.0)
   feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
                          param_groups_lib.first_trained_layer(groups, layers))
   _, dropout_rng = run.rngs()

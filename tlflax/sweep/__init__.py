@@ -1,0 +1,9 @@
+"""Sweeps: ablations as data. A sweep file lists trials (override dicts); `runner.run` trains them
+resumably, sharing first phases, and `report` puts them in one table.
+
+    python -m tlflax.sweep --config=configs/cats_dogs.py:local,cached \
+        --sweep=configs/sweeps/fine_tune_at.py --workdir=DIR [--list | --trial=K | --report]
+"""
+from tlflax.sweep.trials import load_trials, product, seeds, sweep
+
+__all__ = ['load_trials', 'product', 'seeds', 'sweep']

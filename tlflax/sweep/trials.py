@@ -1,0 +1,135 @@
+"""A sweep's trials: override dicts from a sweep file, their names, configs and shared phases.
+
+A sweep file (`configs/sweeps/*.py`, given as `PATH[:variant]`) defines `get_trials(variant)`
+(or `get_trials()`), returning a list of override dicts
+(`{'phases.fine_tune.fine_tune_at': 120, 'seed': 1}`) built with `sweep`, `product` and `seeds`, as
+big_vision's sweep files are. Each trial is the base config with its overrides.
+
+Trials whose configs agree on everything the first phase depends on
+(`tlflax.config.first_phase_settings`) can share it: it is trained once, and each of them starts
+its later phases from its result.
+"""
+import hashlib
+import importlib.util
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Iterable
+
+import ml_collections
+
+from tlflax import config as config_lib
+from tlflax.errors import ConfigError
+from tlflax.resume import config_as_json
+
+
+def sweep(key: str, values: Iterable) -> list[dict]:
+  """One axis: `[{key: value} for value in values]`."""
+  return [{key: value} for value in values]
+
+
+def seeds(count: int) -> list[dict]:
+  """The axis of seeds 0 .. count-1."""
+  return sweep('seed', range(count))
+
+
+def product(*axes: list[dict]) -> list[dict]:
+  """Every combination of one entry per axis, merged (the first axis varies slowest)."""
+  return [{k: v for entry in combination for k, v in entry.items()}
+          for combination in itertools.product(*axes)]
+
+
+def load_trials(spec: str) -> list[dict]:
+  """The trials of the sweep file `PATH[:variant]` (its `get_trials(variant)`, or
+  `get_trials()` without a variant), checked to be a list of distinct override dicts."""
+  path, _, variant = str(spec).partition(':')
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f'sweep file {path} does not exist')
+  spec = importlib.util.spec_from_file_location(f'tlflax_sweep_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_trials'):
+      raise ConfigError(f'sweep file {path} defines no get_trials()')
+    trials = module.get_trials(variant) if variant else module.get_trials()
+  except ConfigError:
+    raise
+  except Exception as e:  # the sweep file is the user's code: say where it failed, in one line
+    where = f'{path}:{variant}' if variant else str(path)
+    raise ConfigError(f'sweep file {where} failed: {type(e).__name__}: {e}') from e
+  if not isinstance(trials, list) or not trials or not all(
+      isinstance(t, dict) and all(isinstance(k, str) for k in t) for t in trials):
+    raise ConfigError(f'{path}: get_trials() must return a non-empty list of dicts from dotted '
+                      'config keys (strings) to values')
+  seen = {}
+  for index, overrides in enumerate(trials):
+    key = json.dumps(overrides, sort_keys=True, default=str)
+    if key in seen:
+      raise ConfigError(f'{path}: trials {seen[key]} and {index} have the same overrides {key}')
+    seen[key] = index
+  return trials
+
+
+def names(trials: list[dict]) -> list[str]:
+  """Readable, distinct folder names: 'fine_tune_at=50,seed=1' (the last part of each key; whole
+  keys where that is ambiguous); names that would still be equal get their trial index appended."""
+  keys = sorted({key for overrides in trials for key in overrides})
+  short = {key: key.rsplit('.', 1)[-1] for key in keys}
+  if len(set(short.values())) < len(keys):
+    short = {key: key for key in keys}
+
+  def name(overrides):
+    text = ','.join(f'{short[k]}={overrides[k]}' for k in keys if k in overrides) or 'base'
+    return re.sub(r'[^A-Za-z0-9_.=,+-]', '_', text)
+  plain = [name(overrides) for overrides in trials]
+  unique = [f'{n}-{i}' if plain.count(n) > 1 else n for i, n in enumerate(plain)]
+  repeated = sorted({n for n in unique if unique.count(n) > 1})
+  if repeated:
+    raise ConfigError(f'trials would share the folders {repeated}: make their values distinct')
+  return unique
+
+
+def trial_config(base: ml_collections.ConfigDict, overrides: dict, name: str):
+  """The base config with the trial's overrides (dotted keys), checked like a run's config."""
+  from tlflax.train import check_config  # the trainer's own check (it imports TensorFlow)
+  config = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    try:
+      for parent in parents:
+        node = node[parent]
+      if leaf not in node:
+        raise KeyError(leaf)
+    except (KeyError, TypeError, AttributeError) as e:
+      raise ConfigError(f'trial {name}: unknown config key {key!r}') from e
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ConfigDict's own type check
+      raise ConfigError(f'trial {name}: {key}={value!r} has the wrong type ({e}); use plain '
+                        'Python values (int, float, str, bool, None, tuples of str)') from e
+  try:
+    check_config(config)
+  except ConfigError as e:
+    raise ConfigError(f'trial {name}: {e}') from e
+  return config
+
+
+def first_phase_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of a run of the first phase alone."""
+  first, settings = config_lib.ordered_phases(config)[0]
+  alone = config.copy_and_resolve_references()
+  alone.phases = ml_collections.ConfigDict({first: settings.copy_and_resolve_references()})
+  alone.phase_order = (first,)
+  return alone
+
+
+def shared_name(config: ml_collections.ConfigDict, process_count: int) -> str:
+  """The folder of the config's first phase, shared by trials that agree on it. The process
+  count is part of it: each process shuffles its own shard, so the data order depends on it."""
+  first = config_lib.ordered_phases(config)[0][0]
+  settings = config_lib.first_phase_settings(config_as_json(config))
+  text = json.dumps({**settings, 'process_count': process_count}, sort_keys=True)
+  return f'{first}-{hashlib.sha256(text.encode()).hexdigest()[:12]}'
