@@ -210,6 +210,8 @@ def test_example_group_configs_cover_every_layer_once(tiny_model):
   assert param_groups.first_trained_layer(bn_groups, layers) == 2  # bn_Conv1
   with pytest.raises(ValueError, match='uncovered: Conv1, bn_Conv1'):
     param_groups.param_groups(variables['params'], layers, 0, rules=('block_.*=1', 'head=1'))
+  zero = param_groups.param_groups(variables['params'], layers, None, rules=('head=0',))
+  assert set(jax.tree.leaves(zero)) == {param_groups.FROZEN}  # a multiplier of 0 freezes
   # with fine_tune_at, the rules decide only the layers it leaves trainable
   above = traverse_util.flatten_dict(param_groups.param_groups(
       variables['params'], layers, 100, rules=('block_16_.*=0.5', '.*=1')), sep='/')
@@ -318,10 +320,19 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_evaluate_reports_it(track
   report = evaluate_checkpoint(config, workdir, 'validation', checkpoint='best')
   assert report['checkpoint_epoch'] == best
   assert report['loss'] == pytest.approx(losses[best], rel=1e-5)
+  # Evaluated with best_metric=val_accuracy, the best is still the run's (by val_loss), even where
+  # the latest checkpoint has the best accuracy (the tiny run's accuracies tie, so one is set).
   other_metric = config.copy_and_resolve_references()
-  other_metric.best_metric = 'val_accuracy'  # the kept best is still the run's (by val_loss)
-  assert evaluate_checkpoint(other_metric, workdir, 'validation',
+  other_metric.best_metric = 'val_accuracy'
+  accurate = tmp_path / 'accurate'
+  shutil.copytree(workdir, accurate)
+  metrics_file = accurate / 'checkpoints' / '4' / 'metrics' / 'metrics'
+  metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()),
+                                      'val_accuracy': 1.0}))
+  assert evaluate_checkpoint(other_metric, accurate, 'validation',
                              checkpoint='best')['checkpoint_epoch'] == best
+  from tlflax.checkpoints import Checkpoints
+  assert Checkpoints(accurate, best_metric='val_accuracy').best_epoch() == 4  # were it the config's
   image = str(Path(config.data.folder) / 'test' / 'cat' / 'cat.0.jpg')
   probabilities = {which: next(predict(config, workdir, image, checkpoint=which))[2]
                    for which in ('best', '3', 'latest')}
@@ -375,6 +386,10 @@ def test_a_mid_phase_resume_refuses_new_parameter_groups(tracked_run, tmp_path):
   changed = config.copy_and_resolve_references()
   changed.phases.fine_tune.schedule.name = 'cosine'  # its step count is in the optimizer state
   with pytest.raises(ConfigError, match=r'new phases.fine_tune.schedule.name'):
+    train_and_evaluate(changed, resumed, allow_config_change=True)
+  changed = config.copy_and_resolve_references()
+  changed.batch_size = 8  # another number of steps per epoch: the schedule's steps would shift
+  with pytest.raises(ConfigError, match=r'new batch_size'):
     train_and_evaluate(changed, resumed, allow_config_change=True)
   assert kept_epochs(resumed) == [3]  # nothing was taken for damage and moved aside
 

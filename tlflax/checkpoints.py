@@ -118,9 +118,8 @@ class Checkpoints:
       except RunError:
         raise
       except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
-        logging.warning('Checkpoint %s does not restore (%s: %s); trying the one before it',
-                        self.manager.directory / str(epoch), type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else '')
+        logging.warning('Checkpoint %s does not restore (%s); trying the one before it',
+                        self.manager.directory / str(epoch), _summary(e))
         continue
       break
     else:
@@ -138,6 +137,17 @@ class Checkpoints:
       if set_aside:
         self._set_aside(newer)
     return epoch, result
+
+  def restore_epoch(self, epoch: int, restore: Callable[[int], T], hint: str) -> T:
+    """`restore(epoch)` for that epoch alone: if its checkpoint does not restore, a
+    `CheckpointError` names it and ends with `hint`. `RunError`s propagate."""
+    try:
+      return restore(epoch)
+    except RunError:
+      raise
+    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      raise CheckpointError(f'the checkpoint of epoch {epoch} in {self.manager.directory} does '
+                            f'not restore ({_summary(e)}); {hint}') from e
 
   def _set_aside(self, epochs):
     if jax.process_index() == 0:
@@ -159,3 +169,9 @@ class Checkpoints:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _summary(error: Exception) -> str:
+  """An exception's type and the first line of its message."""
+  message = str(error)
+  return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"

@@ -6,6 +6,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def phase_starts(epochs: list) -> list:
+  """x positions (between epochs) where a history's epoch records change phase."""
+  return [e['epoch'] - 0.5 for before, e in zip(epochs, epochs[1:])
+          if e['phase'] != before['phase']]
+
+
 def learning_curves(history: dict, path):
   """Accuracy and loss panels (train and validation per epoch) with a line where phase 2 starts."""
   epochs = history['epochs']
@@ -14,9 +20,7 @@ def learning_curves(history: dict, path):
   for axis, metric in zip(axes, ('accuracy', 'loss')):
     axis.plot(x, [e[metric] for e in epochs], label=f'Training {metric.title()}')
     axis.plot(x, [e[f'val_{metric}'] for e in epochs], label=f'Validation {metric.title()}')
-    starts = [e['epoch'] - 0.5 for before, e in zip(epochs, epochs[1:])
-              if e['phase'] != before['phase']]
-    for start in starts:
+    for start in phase_starts(epochs):
       axis.axvline(start, color='gray', linestyle='--', label='Start Fine Tuning')
     axis.set_ylabel(metric.title())
     axis.legend(loc='lower right' if metric == 'accuracy' else 'upper right')
@@ -100,8 +104,7 @@ def sweep_curves(histories: dict, path):
     epochs = history['epochs']
     axis.plot([e['epoch'] for e in epochs], [e['val_accuracy'] for e in epochs], marker='.',
               label=name, alpha=0.8)
-    starts |= {e['epoch'] - 0.5 for before, e in zip(epochs, epochs[1:])
-               if e['phase'] != before['phase']}
+    starts |= set(phase_starts(epochs))
   for start in sorted(starts):
     axis.axvline(start, color='gray', linestyle=':')
   axis.set_xlabel('epoch')

@@ -79,10 +79,10 @@ def after_shared_phase(run, source: Path) -> Position:
   if not (source / 'checkpoints').is_dir():
     raise ConfigError(f'{source} holds no checkpoints of a phase {first.name!r} to start from')
   checkpoints = Checkpoints(source, sharding=parallel.replicated(run.mesh))
-  try:
-    epochs = checkpoints.epochs()
-    meta = checkpoint_meta(checkpoints, epochs[-1]) if epochs else None
-    if meta is None or meta['phase'] != first.name or not (
+
+  def restore(epoch):
+    meta = checkpoint_meta(checkpoints, epoch)
+    if meta['phase'] != first.name or not (
         meta['phase_epoch'] == first.settings.epochs or ended_early(meta['history'], first)):
       raise ConfigError(f'{source} holds no finished phase {first.name!r} to start from')
     changed = config_lib.differences(config_lib.first_phase_settings(meta['config']),
@@ -93,11 +93,14 @@ def after_shared_phase(run, source: Path) -> Position:
     if meta['class_names'] != run.class_names:
       raise DataError(f'{source} trained on classes {meta["class_names"]}; the data now has '
                       f'{run.class_names}')
-    try:
-      variables = checkpoints.restore_model(epochs[-1], run.abstract)
-    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
-      raise CheckpointError(f'the shared phase in {source} does not restore ({type(e).__name__}); '
-                            'move it away to train it again') from e
+    return meta, checkpoints.restore_model(epoch, run.abstract)
+
+  try:
+    epochs = checkpoints.epochs()
+    if not epochs:
+      raise ConfigError(f'{source} holds no finished phase {first.name!r} to start from')
+    meta, variables = checkpoints.restore_epoch(epochs[-1], restore,
+                                                'move the shared phase away to train it again')
   finally:
     checkpoints.close()
   history = meta['history']

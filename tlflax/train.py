@@ -44,7 +44,7 @@ from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.data.pipeline import PipelineConfig
-from tlflax.errors import CheckpointError, ConfigError, DataError, RunError, TrainingDiverged
+from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
@@ -423,14 +423,8 @@ def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
 
   if chosen is None:
     return checkpoints.restore_newest(restore)[1]
-  try:
-    return restore(chosen)
-  except RunError:
-    raise
-  except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
-    raise CheckpointError(f'the checkpoint of epoch {chosen} in {workdir} does not restore '
-                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                          '--checkpoint=latest uses the newest that does') from e
+  return checkpoints.restore_epoch(chosen, restore,
+                                   '--checkpoint=latest uses the newest that does')
 
 
 def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool,
