@@ -3,6 +3,8 @@
     python main.py --config=configs/cats_dogs.py --workdir=DIR [--config.KEY=VALUE ...]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate [--checkpoint=best]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=export [--quantize=int8]
+    python main.py --workdir=DIR --mode=predict --model=DIR/export/model.tflite --inputs=PATH
 
 Training uses every local device (data parallelism). On several hosts, start the same command on
 each, adding --num_processes=N --process_id=I --coordinator_address=HOST:PORT (host 0's address),
@@ -19,25 +21,47 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export'], 'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'],
                   'evaluate: the split to evaluate (per-class report in WORKDIR/evaluation/).')
-flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict: the checkpoint to use: latest (the '
-                    'newest that restores), best (by the best_metric the run was trained with, '
-                    'kept besides the latest checkpoints_to_keep) or an epoch number.')
+flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict, export: the checkpoint to use: '
+                    'latest (the newest that restores), best (by the best_metric the run was '
+                    'trained with, kept besides the latest checkpoints_to_keep) or an epoch.')
 flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
+flags.DEFINE_string('model', None, 'predict: an exported .tflite file (with its labels.txt) to '
+                    'classify with instead of a checkpoint; --config is then optional.')
+flags.DEFINE_string('formats', 'saved_model,tflite,keras',
+                    'export: comma-separated formats to write to WORKDIR/export/.')
+flags.DEFINE_enum('quantize', 'none', ['none', 'int8'], 'export: also write an int8 TFLite '
+                  'model, calibrated on training images.')
 flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s run although the '
                   'config differs from the one it was made with (e.g. more epochs in the last '
                   'phase). Without it, a difference stops the run, listing the keys. evaluate: '
                   'evaluate on data settings (seed, data.*) other than the training run\'s.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
+
+
+# Flags that only these modes read; given with another mode they are a usage error.
+MODE_FLAGS = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict', 'export'),
+              'inputs': ('predict',), 'model': ('predict',), 'formats': ('export',),
+              'quantize': ('export',), 'allow_config_change': ('train', 'evaluate')}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  for name, modes in MODE_FLAGS.items():
+    if FLAGS[name].present and FLAGS.mode not in modes:
+      raise app.UsageError(f'--{name} is for --mode={" or ".join(modes)}')
+  if FLAGS.model and FLAGS['checkpoint'].present:
+    raise app.UsageError('--checkpoint chooses among a workdir\'s checkpoints; --model is a file')
+  if FLAGS.config is None and not FLAGS.model:
+    raise app.UsageError('--config is required (except for --mode=predict --model=FILE)')
+  if FLAGS.mode == 'predict' and not FLAGS.inputs:
+    raise app.UsageError('--mode=predict needs --inputs=PATH')
   cli.prepare_process()
   from tlflax import evaluation, predict, train
+  from tlflax.config import defaults
   with cli.run_errors_as_one_line():
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
@@ -46,14 +70,21 @@ def main(argv):
                                          FLAGS.allow_config_change, FLAGS.checkpoint)
       print(evaluation.format_report(report, FLAGS.split))
       print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
+    elif FLAGS.mode == 'export':
+      from tlflax.export import exporter
+      record = exporter.export(FLAGS.config, FLAGS.workdir, exporter.parse_formats(FLAGS.formats),
+                               FLAGS.checkpoint, FLAGS.quantize)
+      print(exporter.summary(record, os.path.join(FLAGS.workdir, 'export')))
     else:
-      if not FLAGS.inputs:
-        raise app.UsageError('--mode=predict needs --inputs=PATH')
-      for path, label, probability, _ in predict.predict(FLAGS.config, FLAGS.workdir,
-                                                         FLAGS.inputs, FLAGS.checkpoint):
+      if FLAGS.model:  # batch size and image size limit: the config's, else the defaults
+        settings = FLAGS.config or defaults()
+        rows = predict.predict_exported(FLAGS.model, FLAGS.workdir, FLAGS.inputs,
+                                        settings.batch_size, settings.data.max_pixels)
+      else:
+        rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint)
+      for path, label, probability, _ in rows:
         print(f'{path}\t{label}\t{probability:.4f}')
       print(f'wrote {os.path.join(FLAGS.workdir, "predictions.csv")}')
-
 
 if __name__ == '__main__':
   app.run(main, flags_parser=cli.parse_flags)

@@ -43,3 +43,28 @@ def tiny_run(tmp_path_factory):
   """The config of a tiny run on synthetic images (see `runs.tiny_config`)."""
   from runs import tiny_config
   return tiny_config(tmp_path_factory.mktemp('tiny'))
+
+
+@pytest.fixture(scope='session')
+def real_cats_dogs_run(shared_dir, tflite_path, tmp_path_factory):
+  """configs/cats_dogs.py:local,cached trained once for the session (ImageNet weights from the
+  shared TFLite file, the shared mini set, 2+2 epochs at 160x160 on cached activations): (config,
+  workdir, `TrainResult`)."""
+  from runs import cats_dogs  # the project's configs/ (runs puts the root on sys.path)
+  from tlflax.train import train_and_evaluate
+  config = cats_dogs.get_config('local,cached')
+  config.data.folder = str(shared_dir / 'data' / 'cats_vs_dogs_mini')
+  config.model.weights = str(tflite_path)
+  workdir = tmp_path_factory.mktemp('real_cats_dogs') / 'run'
+  return config, workdir, train_and_evaluate(config, workdir)
+
+
+@pytest.fixture
+def float32_matmuls():
+  """Full float32 matmuls and convolutions (`compute.matmul_precision=highest`) for the tests that
+  compare with Keras or NumPy within 1e-4: by default NVIDIA GPUs compute them in TF32 (which
+  moved the real backbone's pooled features by up to 3.5e-2 on an H200), and TPUs in bfloat16
+  passes. No effect on CPUs."""
+  import jax
+  with jax.default_matmul_precision('highest'):
+    yield

@@ -50,9 +50,11 @@ def tiny_config(base: Path):
 
 def run_main(workdir, config_overrides, *extra, wait=True, env=None,
              config_file=ROOT / 'configs' / 'cats_dogs.py'):
-  """`python main.py` on `config_file`; (exit code, output), or the process if not `wait`."""
-  command = [sys.executable, str(ROOT / 'main.py'), f'--config={config_file}',
-             f'--workdir={workdir}', *config_overrides, *extra]
+  """`python main.py` on `config_file` (None: no --config); (exit code, output), or the process if
+  not `wait`."""
+  config_flag = [f'--config={config_file}'] if config_file else []
+  command = [sys.executable, str(ROOT / 'main.py'), *config_flag, f'--workdir={workdir}',
+             *config_overrides, *extra]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=None if env is None else {**os.environ, **env})
   if wait:

@@ -1,7 +1,8 @@
 """Input pipelines: TFDS splits, image folders with bad files, Keras-equal transforms, batching."""
 import logging
-import re
 import os
+import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -286,6 +287,34 @@ def test_processes_read_disjoint_shards_in_equal_steps(tmp_path, monkeypatch, pr
       x['label'] for x in splits['test'].dataset.as_numpy_iterator()])
   with pytest.raises(DataError, match='not divisible'):
     list(eval_dataset(splits['test'], PipelineConfig(batch_size=7)).as_numpy_iterator())
+
+
+@pytest.mark.parametrize('processes', [2, 3])
+def test_each_process_opens_only_its_own_files(tmp_path, monkeypatch, processes):
+  """Image folders are sharded before any file is read: with the files of every other process's
+  shard gone, a process still runs its training epoch and evaluation pass, on its third or half
+  of the examples."""
+  root = make_folder(tmp_path / 'data', per_class=6)  # 12 per split
+  splits = folder_splits(root)
+  config = PipelineConfig(batch_size=processes, image_size=8)
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  for index in range(processes):
+    monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
+    moved = []
+    for split in ('train', 'test'):
+      paths = [Path(os.fsdecode(r['image'])) for r in splits[split].records.as_numpy_iterator()]
+      for position, path in enumerate(paths):
+        if position % processes != index:
+          moved.append((path, path.rename(path.with_suffix('.away'))))
+    try:
+      train = list(train_dataset(splits['train'], config, 0).as_numpy_iterator())
+      evaluation = list(eval_dataset(splits['test'], config).as_numpy_iterator())
+    finally:
+      for path, away in moved:
+        away.rename(path)
+    assert len(moved) == 2 * (12 - 12 // processes)
+    assert sum(len(b['label']) for b in train) == 12 // processes  # 1 per step, every step
+    assert sum(b['mask'].sum() for b in evaluation) == 12 // processes
 
 
 def test_global_batch_splits_over_four_local_devices():

@@ -7,6 +7,8 @@ import pytest
 from tlflax.models.depthwise import (DepthwiseConv2D, grouped_depthwise, resolve_implementation,
                                      shifted_depthwise)
 
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
+
 
 @pytest.mark.parametrize('size,strides,padding', [
     (16, 1, 'SAME'), (15, 1, 'SAME'), (17, 2, ((1, 1), (1, 1))), (16, 2, ((0, 1), (0, 1))),

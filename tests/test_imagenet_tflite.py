@@ -7,6 +7,8 @@ from tlflax.models import MobileNetV2
 from tlflax.weights import load_pretrained
 from tlflax.weights.tflite import read_tflite
 
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
+
 EGYPTIAN_CAT, TABBY, TIGER_CAT, MILITARY_UNIFORM = 285, 281, 282, 652
 
 

@@ -8,6 +8,8 @@ from keras_reference import random_keras_model, write_keras3_legacy_h5, write_pu
 from tlflax.models import MobileNetV2
 from tlflax.weights import load_pretrained
 
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
+
 TOLERANCE = 1e-4
 
 

@@ -2,9 +2,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from tlflax.models.pointwise import PointwiseConv
+
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
 
 
 def test_pointwise_equals_a_1x1_convolution():

@@ -229,14 +229,12 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
   assert code == 1 and "names twice ['fine_tune']" in output and 'Traceback' not in output
 
 
-def test_recipe_on_real_weights_and_data_reaches_95_percent(shared_dir, tmp_path):
+def test_recipe_on_real_weights_and_data_reaches_95_percent(real_cats_dogs_run):
   """configs/cats_dogs.py:local,cached: ImageNet weights (shared TFLite), the shared mini set, 2+2
   epochs at 160x160, on cached frozen activations (no augmentation; 3 minutes instead of 5). Keras
   with the same weights and data, augmented: 0.968 after phase 2's first epoch."""
-  config = cats_dogs.get_config('local,cached')
-  config.data.folder = str(shared_dir / 'data' / 'cats_vs_dogs_mini')
-  config.model.weights = str(shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite')
-  history = train_and_evaluate(config, tmp_path / 'run').history
+  config, _, result = real_cats_dogs_run
+  history = result.history
   # layer 100 is a ReLU: the first layer with trained parameters, where the cache ends, is 101
   assert [history['phases'][p]['cached_from_layer'] for p in config.phase_order] == [155, 101]
   assert history['epochs'][-1]['phase'] == 'fine_tune'

@@ -8,6 +8,8 @@ from tlflax.weights import WeightsError, load_pretrained, read_weights_file, sav
 from tlflax.weights.__main__ import main as convert_main
 from tlflax.weights.native import load_variables
 
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
+
 
 @pytest.fixture(scope='module')
 def published_035(tmp_path_factory):

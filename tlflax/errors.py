@@ -27,3 +27,7 @@ class CheckpointError(RunError):
 
 class TrainingDiverged(RunError, FloatingPointError):
   """The training loss (or validation loss) became NaN or infinite."""
+
+
+class ExportError(RunError):
+  """An exported model that does not give the trained model's outputs, or cannot be read."""

@@ -74,14 +74,16 @@ def per_class_report(objective: Objective, logits: np.ndarray, labels: np.ndarra
 
 
 def images_at(source, indices, image_size: int, max_pixels: int) -> dict[int, np.ndarray]:
-  """{index: uint8 (size, size, 3) image} for the examples of `source` at `indices`."""
+  """{index: uint8 (size, size, 3) image} for the examples of `source` at `indices`, as exported
+  models take them (`transforms.exported_model_input`)."""
   if not len(indices):
     return {}
   wanted = tf.constant(sorted(indices), tf.int64)
-  found = (source.dataset.enumerate()
+  found = (source.records.enumerate()  # only the wanted examples are read
            .filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
-           .map(lambda i, x: (i, tf.cast(tf.clip_by_value(tf.round(transforms.resize(
-               transforms.decode_rgb(x['image'], max_pixels), image_size)), 0, 255), tf.uint8))))
+           .map(lambda i, record: (i, transforms.exported_model_input(
+               source.read(record)['image'], image_size, max_pixels)),
+                num_parallel_calls=tf.data.AUTOTUNE))
   return {int(i): image for i, image in found.as_numpy_iterator()}
 
 

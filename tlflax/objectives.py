@@ -55,10 +55,11 @@ class Objective:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   def probabilities(self, logits):
-    """(b, num_classes) class probabilities."""
+    """(b, num_classes) class probabilities. The sigmoid head's are a softmax over [0, logit],
+    which is [1 - sigmoid(logit), sigmoid(logit)]: one formula for both heads, the one the
+    exported models' softmax layer computes (`tlflax.export.keras_model.probability_head`)."""
     if self.sigmoid:
-      p = jax.nn.sigmoid(logits[:, 0])
-      return jnp.stack([1 - p, p], axis=-1)
+      logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
     return jax.nn.softmax(logits, axis=-1)
 
   def metric_sums(self, logits, batch, weighted: bool = False) -> dict:

@@ -1,6 +1,7 @@
 """Classifying a user's images with a trained workdir: `predict` and the image listing it reads.
 
-Rows go to `WORKDIR/predictions.csv` (written with the `csv` module) as each batch is classified,
+`predict` uses a checkpoint of a workdir, `predict_exported` an exported TFLite file. Rows go to
+`WORKDIR/predictions.csv` (written with the `csv` module) as each batch is classified,
 so an interrupted run keeps what it did: `path,label,probability` (the top class and its
 probability), then `class_i,probability_i` for the top k = min(5, classes) classes. Images are
 read and decoded in parallel by tf.data. File names that are not valid UTF-8 appear with backslash
@@ -20,7 +21,7 @@ from absl import logging
 from tlflax import parallel
 from tlflax.data import transforms
 from tlflax.data.folders import IMAGE_EXTENSIONS, too_large
-from tlflax.errors import DataError
+from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
 from tlflax.train import check_config, restore_for_inference
 
@@ -49,17 +50,16 @@ def printable(path) -> str:
   return os.fsencode(path).decode('utf-8', 'backslashreplace')
 
 
-def _image_batches(paths: list[Path], batch_size: int, image_size: int, max_pixels: int):
-  """(paths, preprocessed images) batches of the paths that decode, read and decoded in parallel
-  by tf.data; warns about each path that does not."""
+def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare):
+  """(paths, `prepare(encoded bytes)`) batches of the paths that decode, read and decoded in
+  parallel by tf.data; warns about each path that does not."""
   small = [path for path in paths if not too_large(path, max_pixels)]
   for path in sorted(set(paths) - set(small)):
     logging.warning('skipped %s: over data.max_pixels=%d', printable(path), max_pixels)
   if not small:
     return
   batches = (tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in small]).enumerate()
-             .map(lambda i, p: (i, transforms.preprocess(tf.io.read_file(p), image_size,
-                                                         max_pixels)),
+             .map(lambda i, p: (i, prepare(tf.io.read_file(p))),
                   num_parallel_calls=tf.data.AUTOTUNE)
              .ignore_errors()
              .batch(batch_size)
@@ -79,33 +79,69 @@ def _image_batches(paths: list[Path], batch_size: int, image_size: int, max_pixe
     logging.warning('skipped %s: not a readable image', printable(small[skipped]))
 
 
-def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterator[tuple]:
-  """Yields (path, class name, probability, [(class, probability)] top k) for each readable image
-  of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best'
-  or an epoch: `restore_for_inference`) `batch_size` at a time (the last batch padded, so one
-  compilation serves all), and writes the rows to WORKDIR/predictions.csv as they come."""
-  check_config(config)
-  trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
-  apply = jax.jit(trained.model.apply)
-  k = min(TOP_K, len(trained.class_names))
-  batches = _image_batches(list_images(inputs), config.batch_size, config.image_size,
-                           config.data.max_pixels)
-  with open(Path(workdir) / 'predictions.csv', 'w', newline='', encoding='utf-8') as f:
+def _classified(batches, classify, class_names, batch_size: int, csv_path) -> Iterator[tuple]:
+  """Rows (path, class name, probability, top k) of `classify`'s (b, classes) probabilities for
+  each batch, padded to `batch_size` (so one compilation or one tensor allocation serves all),
+  written to `csv_path` as they come."""
+  k = min(TOP_K, len(class_names))
+  with open(csv_path, 'w', newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
     writer.writerow(['path', 'label', 'probability', *(
         f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
     for paths, images in batches:
-      batch = np.zeros((config.batch_size, *images.shape[1:]), np.float32)
+      batch = np.zeros((batch_size, *images.shape[1:]), images.dtype)
       batch[:len(images)] = images
-      probabilities = np.asarray(trained.objective.probabilities(
-          apply(trained.variables, batch)))[:len(paths)]
+      probabilities = np.asarray(classify(batch))[:len(paths)]
       top = np.argsort(-probabilities, axis=1, kind='stable')[:, :k]
       rows = []
       for path, p, classes in zip(paths, probabilities, top):
-        ranked = [(trained.class_names[c], float(p[c])) for c in classes]
+        ranked = [(class_names[c], float(p[c])) for c in classes]
         rows.append((printable(path), *ranked[0], ranked))
       writer.writerows([path, label, f'{p:.6f}', *(v for name, q in ranked
                                                    for v in (name, f'{q:.6f}'))]
                        for path, label, p, ranked in rows)
       f.flush()
       yield from rows
+
+
+def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterator[tuple]:
+  """Yields (path, class name, probability, [(class, probability)] top k) for each readable image
+  of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best'
+  or an epoch: `restore_for_inference`) `batch_size` at a time, and writes the rows to
+  WORKDIR/predictions.csv as they come."""
+  check_config(config)
+  trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
+  apply = jax.jit(trained.model.apply)
+  batches = _image_batches(
+      list_images(inputs), config.batch_size, config.data.max_pixels,
+      lambda encoded: transforms.preprocess(encoded, config.image_size, config.data.max_pixels))
+  yield from _classified(
+      batches, lambda images: trained.objective.probabilities(apply(trained.variables, images)),
+      trained.class_names, config.batch_size, Path(workdir) / 'predictions.csv')
+
+
+def exported_labels(model_path) -> list[str]:
+  """The class names in `labels.txt` beside an exported model."""
+  path = Path(model_path).parent / 'labels.txt'
+  if not path.is_file():
+    raise ExportError(f'{path} is missing: an exported model needs the labels.txt written with it')
+  return path.read_text(encoding='utf-8').splitlines()
+
+
+def predict_exported(model_path, workdir, inputs: str, batch_size: int,
+                     max_pixels: int) -> Iterator[tuple]:
+  """`predict` with an exported TFLite file (`tlflax.export`) instead of a checkpoint: the same
+  rows, from images decoded and resized as for the checkpoint and rounded to the uint8 the model
+  takes (`transforms.exported_model_input`)."""
+  from tlflax.export.tflite import TFLiteClassifier
+  model = TFLiteClassifier(model_path)
+  class_names = exported_labels(model_path)
+  if model.num_classes != len(class_names):
+    raise ExportError(f'{model_path} gives {model.num_classes} probabilities; the labels.txt '
+                      f'beside it names {len(class_names)} classes')
+  batches = _image_batches(
+      list_images(inputs), batch_size, max_pixels,
+      lambda encoded: transforms.exported_model_input(encoded, model.image_size, max_pixels))
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  yield from _classified(batches, model, class_names, batch_size,
+                         Path(workdir) / 'predictions.csv')

@@ -33,7 +33,7 @@ def write_reports(run, history: dict, variables: dict):
     plots.learning_curves(history, run.workdir / 'learning_curves.png')
   # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)
   test = run.splits['test']
-  shuffled = dataclasses.replace(test, dataset=test.dataset.shuffle(1000, seed=run.config.seed))
+  shuffled = dataclasses.replace(test, records=test.records.shuffle(1000, seed=run.config.seed))
   batch = next(eval_dataset(shuffled, run.image_feed.config).as_numpy_iterator())
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, batch['image'][:9])))

@@ -63,7 +63,8 @@ class Tracker:
     self.writer.close()
 
 
-def _version(package: str):
+def package_version(package: str):
+  """The installed version of `package`, or None."""
   try:
     return importlib.metadata.version(package)
   except importlib.metadata.PackageNotFoundError:
@@ -92,7 +93,7 @@ def environment() -> dict:
       'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'command': sys.argv,
       'python': platform.python_version(),
-      'packages': {name: v for name in PACKAGES if (v := _version(name)) is not None},
+      'packages': {name: v for name in PACKAGES if (v := package_version(name)) is not None},
       'code': git_commit(Path(__file__).resolve().parent),
       'platform': devices[0].platform,
       'device_kind': devices[0].device_kind,

@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import evaluation, feeds, objectives, optim, parallel, reports, resume, tracking
+from tlflax import devices, evaluation, feeds, objectives, optim, parallel, reports, resume
+from tlflax import tracking
 from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
@@ -151,8 +152,7 @@ class Run:
   def create(cls, config, workdir, allow_config_change: bool) -> 'Run':
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    logging.info('Data parallel over %d devices (%d processes): %d images per device per step',
-                 mesh.size, jax.process_count(), config.batch_size // mesh.size)
+    devices.prepare(config.compute, config.batch_size)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
@@ -385,6 +385,7 @@ def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> 
   """A checkpoint of the workdir, with the class names it was trained on: `checkpoint` is
   'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
   which chose the checkpoint it kept) or an epoch."""
+  devices.prepare(config.compute, config.batch_size, enforce_platform=False)
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh),
                                             best_metric=config.best_metric)
   try:

@@ -1,7 +1,8 @@
 """Batches for jit-compiled steps: shuffled, augmented training epochs and padded evaluation passes.
 
-Each process reads its own shard of a split (`jax.process_index()` of `jax.process_count()`) and
-yields NumPy batches of `batch_size // process_count` examples:
+Each process keeps its own shard of a split (`Source.process_shard`: every
+`jax.process_count()`-th example from `jax.process_index()`; from an image folder it opens only its
+own files) and yields NumPy batches of `batch_size // process_count` examples:
 
     {'image': float32 (b, size, size, 3) in [-1, 1], 'label': int32 (b,), 'mask': bool (b,)}
 
@@ -94,7 +95,7 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data
     return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
             'mask': tf.constant(True)}
 
-  return (_shuffled(source.dataset.shard(jax.process_count(), jax.process_index()).enumerate(),
+  return (_shuffled(source.process_shard().enumerate(),
                     config, epoch)
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .batch(local_batch, drop_remainder=True)
@@ -135,7 +136,7 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False), 'index': tf.constant(-1, tf.int32)}).repeat(
           eval_steps(source, config) * local_batch - _shard_size(source))
-  return (source.dataset.shard(jax.process_count(), jax.process_index()).enumerate()
+  return (source.process_shard().enumerate()
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .concatenate(padding)
           .batch(local_batch, drop_remainder=True)

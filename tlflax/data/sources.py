@@ -11,8 +11,9 @@ examples.
 """
 import dataclasses
 import os
-from typing import Optional
+from typing import Callable, Optional
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -33,24 +34,43 @@ SPLIT_SCHEMES = {
 IMBALANCE_WARNING = 5.0  # warn when a training class has this many times the examples of another
 
 
+def _read_nothing(record: dict) -> dict:
+  return record
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One split: a tf.data.Dataset of {'image': encoded bytes, 'label': int32}, its size, the
-  dataset's class names and the split's number of examples of each class."""
-  dataset: tf.data.Dataset
+  """One split: `records` (one element per example, in split order), which `read` turns into
+  {'image': encoded bytes, 'label': int32}; its size, the dataset's class names and the split's
+  number of examples of each class. An image folder's records are file names, read only when
+  `read` runs, so a process that shards them first (`process_shard`) opens its own files only;
+  a TFDS split's records are its examples."""
+  records: tf.data.Dataset
   num_examples: int
   class_names: tuple[str, ...]
   class_counts: tuple[int, ...]
+  read: Callable[[dict], dict] = _read_nothing
+
+  @property
+  def dataset(self) -> tf.data.Dataset:
+    """Every example of the split, read."""
+    return self.records.map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def process_shard(self) -> tf.data.Dataset:
+    """This process's examples (split positions `jax.process_index()`, then every
+    `jax.process_count()`-th), sharded before they are read."""
+    return (self.records.shard(jax.process_count(), jax.process_index())
+            .map(self.read, num_parallel_calls=tf.data.AUTOTUNE))
 
 
-def _source(dataset, labels, class_names, what: str = '') -> Source:
+def _source(records, labels, class_names, what: str = '', read=_read_nothing) -> Source:
   labels = np.asarray(labels, np.int64)
   outside = labels[(labels < 0) | (labels >= len(class_names))]
   if outside.size:
     raise DataError(f'{what} has {outside.size} labels outside 0..{len(class_names) - 1} (e.g. '
                     f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
   counts = np.bincount(labels, minlength=len(class_names))
-  return Source(dataset, len(labels), tuple(class_names), tuple(int(c) for c in counts))
+  return Source(records, len(labels), tuple(class_names), tuple(int(c) for c in counts), read)
 
 
 def check_split_scheme(name: str):
@@ -154,17 +174,19 @@ def _subset(dataset: tf.data.Dataset, indices: np.ndarray, size: int) -> tf.data
           .apply(tf.data.experimental.assert_cardinality(len(indices))))
 
 
+def _read_file(record: dict) -> dict:
+  return {'image': tf.io.read_file(record['image']), 'label': record['label']}
+
+
 def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str, Source]:
   """The train/validation/test splits of an image folder, checked image by image."""
   files, class_names = folders.scan_image_folder(root, seed, max_pixels=max_pixels)
 
   def source(split: folders.LabelledFiles) -> Source:
-    dataset = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
+    records = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
         {'image': [os.fsencode(p) for p in split.paths],
          'label': tf.constant(split.labels, tf.int32)})
-    dataset = dataset.map(lambda x: {'image': tf.io.read_file(x['image']), 'label': x['label']},
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return _source(dataset, split.labels, class_names)
+    return _source(records, split.labels, class_names, read=_read_file)
 
   return {split: source(split_files) for split, split_files in files.items()}
 

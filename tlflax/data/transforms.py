@@ -47,6 +47,13 @@ def preprocess(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
   return scale_to_unit_range(resize(decode_rgb(encoded, max_pixels), size))
 
 
+def exported_model_input(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
+  """Encoded image -> uint8 (size, size, 3): decoded and resized as `preprocess` does, rounded
+  (not scaled), as exported models (`tlflax.export`) take it."""
+  image = resize(decode_rgb(encoded, max_pixels), size)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
 def rotation_transform(angle: tf.Tensor, height, width) -> tf.Tensor:
   """Keras `RandomRotation`'s 8-vector projective transform for `angle` radians about the centre."""
   cx = (tf.cast(width, tf.float32) - 1) / 2

@@ -2,7 +2,8 @@
 
 Every reader in this package returns `KerasWeights`: for each Keras layer name, that layer's arrays
 in Keras `layer.get_weights()` order (`KERAS_VARIABLES` says which). One converter turns that into
-`{'params': ..., 'batch_stats': ...}` for `tlflax.models.MobileNetV2`.
+`{'params': ..., 'batch_stats': ...}` for `tlflax.models.MobileNetV2`, and `to_keras_weights` turns
+those back (for export to Keras).
 """
 from typing import Mapping
 
@@ -80,3 +81,27 @@ def check_variables(loaded: Mapping, expected: Mapping, source: str,
   return {collection: {name: loaded[collection][name] for name in layers
                        if name in loaded.get(collection, {})}
           for collection, layers in expected.items()}
+
+
+def to_keras_weights(variables: Mapping) -> KerasWeights:
+  """The inverse of `to_flax_variables`: Flax `{'params', 'batch_stats'}` of a MobileNetV2 ->
+  float32 arrays per Keras layer name, in `layer.set_weights()` order."""
+  kinds = keras_kinds()
+  weights = {}
+  for name, params in variables['params'].items():
+    kind = kinds.get(name)
+    if kind is None:
+      raise WeightsError(f'variables of a layer {name}, which MobileNetV2 does not have')
+    if kind == 'conv':
+      arrays = [params['kernel']]
+    elif kind == 'depthwise':  # (k, k, 1, C) -> Keras (k, k, C, 1)
+      arrays = [np.transpose(np.asarray(params['kernel']), (0, 1, 3, 2))]
+    elif kind == 'batch_norm':
+      stats = variables['batch_stats'][name]
+      arrays = [params['scale'], params['bias'], stats['mean'], stats['var']]
+    elif kind == 'dense':
+      arrays = [params['kernel'], params['bias']]
+    else:
+      raise WeightsError(f'no Keras layout for layer {name} of kind {kind}')
+    weights[name] = [np.asarray(a, np.float32) for a in arrays]
+  return weights
