@@ -1,5 +1,6 @@
 """Small training runs for tests: synthetic images, calibrated random weights, the CLI."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,10 @@ def overrides(config):
   settings = {**TINY, 'data.folder': config.data.folder, 'model.weights': config.model.weights,
               'phases.fine_tune.epochs': 3}
   return [f'--config.{key}={value}' for key, value in settings.items()]
+
+
+def free_port():
+  """A TCP port free on 127.0.0.1 (for `jax.distributed`'s coordinator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

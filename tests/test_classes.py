@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import fake_tfds
 from runs import TINY, run_main
 from tlflax import objectives
 from tlflax.classifier import Classifier, init_variables
@@ -176,13 +177,9 @@ def test_carving_is_stratified_disjoint_and_seeded():
 
 
 @pytest.fixture
-def mock_tf_flowers(monkeypatch):
-  """`tf_flowers` under `tfds.testing.mock_data`: 200 random examples in its one `train` split
-  (TFDS ships no split metadata for it, so the split list is given here)."""
-  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name='train', shard_lengths=[200],
-                                                    num_bytes=0)])
-  monkeypatch.setattr(tfds.core.DatasetInfo, 'splits', property(lambda self: splits))
-  with tfds.testing.mock_data(num_examples=200):
+def mock_tf_flowers():
+  """`tf_flowers` with 200 examples of random classes in its one `train` split."""
+  with fake_tfds.mock({'train': np.random.default_rng(0).integers(0, 5, 200)}):
     yield
 
 
@@ -191,7 +188,7 @@ def split_contents(splits):
           for name, source in splits.items()}
 
 
-def test_tf_flowers_splits_are_carved_out_of_train_by_seed(mock_tf_flowers, monkeypatch):
+def test_tf_flowers_splits_are_carved_out_of_train_by_seed(mock_tf_flowers):
   splits = tfds_splits('tf_flowers', 'auto', seed=0)
   assert splits['train'].class_names == ('dandelion', 'daisy', 'tulips', 'sunflowers', 'roses')
   sizes = {name: source.num_examples for name, source in splits.items()}
@@ -208,10 +205,10 @@ def test_tf_flowers_splits_are_carved_out_of_train_by_seed(mock_tf_flowers, monk
     np.testing.assert_allclose(splits[held].class_counts, 0.1 * whole, atol=1)
   assert split_contents(tfds_splits('tf_flowers', 'auto', seed=0)) == contents
   assert split_contents(tfds_splits('tf_flowers', 'auto', seed=1))['test'] != contents['test']
-  only_test = tfds.core.SplitDict([tfds.core.SplitInfo(name='test', shard_lengths=[10],
-                                                       num_bytes=0)])
-  monkeypatch.setattr(tfds.core.DatasetInfo, 'splits', property(lambda self: only_test))
-  with pytest.raises(DataError, match="no 'train' split"):
+
+
+def test_a_tfds_dataset_without_train_split_is_refused():
+  with fake_tfds.mock({'test': [0] * 10}), pytest.raises(DataError, match="no 'train' split"):
     tfds_splits('tf_flowers', 'auto')
 
 
@@ -391,33 +388,23 @@ def test_class_weights_reach_the_train_step(tiny_run, tmp_path):
   assert Run.create(config, tmp_path / 'run2', False).objective.class_weights == (1.0, 1.0)
 
 
-def labelled_tf_flowers(monkeypatch, train_labels, test_labels):
-  """`tf_flowers` under `mock_data` with a `train` and a `test` split holding these labels."""
-  sizes = {'train': len(train_labels), 'test': len(test_labels)}
-  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=n, shard_lengths=[k], num_bytes=0)
-                                for n, k in sizes.items()])
-  monkeypatch.setattr(tfds.core.DatasetInfo, 'splits', property(lambda self: splits))
-  jpeg = tf.io.encode_jpeg(tf.fill((8, 8, 3), tf.constant(100, tf.uint8)))
-  labels = {'train': train_labels, 'test': test_labels}
-
-  def as_dataset(self, split, decoders=None, **kwargs):
-    return tf.data.Dataset.from_tensor_slices({'label': np.array(labels[str(split)], np.int64)}
-                                              ).map(lambda x: {'image': jpeg, 'label': x['label']})
-  return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+def labelled_tf_flowers(train_labels, test_labels):
+  """`tf_flowers` with a `train` and a `test` split holding these labels."""
+  return fake_tfds.mock({'train': train_labels, 'test': test_labels})
 
 
-def test_tfds_labels_are_checked_and_unlabelled_splits_replaced(monkeypatch):
+def test_tfds_labels_are_checked_and_unlabelled_splits_replaced():
   """A test split of -1 labels (TFDS's unlabelled) is carved out of train instead under 'auto';
   'original' would ignore the dataset's own test split and stops; a label outside the classes
   stops naming the split."""
   train = [i % 5 for i in range(50)]
-  with labelled_tf_flowers(monkeypatch, train, [-1] * 10):
+  with labelled_tf_flowers(train, [-1] * 10):
     splits = tfds_splits('tf_flowers', 'auto')
     assert {name: s.num_examples for name, s in splits.items()} == {
         'train': 40, 'validation': 5, 'test': 5}
     assert splits['test'].class_counts == (1,) * 5
     with pytest.raises(DataError, match=r"its own \['test'\] split\(s\)"):
       tfds_splits('tf_flowers', 'original')
-  with labelled_tf_flowers(monkeypatch, train[:-1] + [-1], [0, 1] * 5):
+  with labelled_tf_flowers(train[:-1] + [-1], [0, 1] * 5):
     with pytest.raises(DataError, match=r'train split has 1 labels outside 0..4 \(e.g. -1'):
       tfds_splits('tf_flowers', 'auto')

@@ -1,53 +1,37 @@
 """Input pipelines: TFDS splits, image folders with bad files, Keras-equal transforms, batching."""
 import logging
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
+
+import fake_tfds
+from runs import ROOT, free_port
 
 from tlflax.data import transforms
 from tlflax.data.folders import DataError, scan_image_folder
 from tlflax.data.pipeline import PipelineConfig, eval_dataset, global_batch, train_dataset
-from tlflax.data.sources import SPLIT_SCHEMES, folder_splits, tfds_splits
-
-FAKE_TFDS_SIZE = 1000
-
-
-def fake_as_dataset(self, split, decoders=None, **kwargs):
-  """A stand-in for `cats_vs_dogs`'s `as_dataset` that honours TFDS split slicing."""
-  info = {'train': tfds.core.SplitInfo(name='train', shard_lengths=[FAKE_TFDS_SIZE], num_bytes=0)}
-  (absolute,) = tfds.core.ReadInstruction.from_spec(split).to_absolute(info)
-  start = absolute.from_ or 0
-  stop = FAKE_TFDS_SIZE if absolute.to is None else absolute.to
-  jpeg = tf.io.encode_jpeg(tf.fill((12, 9, 3), tf.constant(200, tf.uint8)))
-  examples = tf.data.Dataset.from_tensor_slices({'label': np.arange(start, stop) % 2})
-  return examples.map(lambda x: {'image': jpeg, 'label': x['label']}).apply(
-      tf.data.experimental.assert_cardinality(stop - start))
-
+from tlflax.data.sources import SPLIT_SCHEMES, folder_splits, process_range, tfds_splits
 
 @pytest.mark.parametrize('scheme,sizes', [('original', (800, 100, 100)),
                                           ('later', (800, 160, 40))])
 def test_tfds_split_sizes_follow_the_percentages(scheme, sizes):
-  with tfds.testing.mock_data(as_dataset_fn=fake_as_dataset):
+  with fake_tfds.cats_vs_dogs():
     splits = tfds_splits('cats_vs_dogs', scheme)
     assert tuple(splits[s].num_examples for s in ('train', 'validation', 'test')) == sizes
     assert splits['train'].class_names == ('cat', 'dog')
+    assert splits['validation'].class_counts == (sizes[1] // 2,) * 2
     batch = next(train_dataset(splits['train'], PipelineConfig(batch_size=8), 0)
                  .as_numpy_iterator())
   assert batch['image'].shape == (8, 160, 160, 3) and batch['label'].dtype == np.int32
-
-
-def test_tfds_runs_on_random_mock_data():
-  with tfds.testing.mock_data(num_examples=10):
-    splits = tfds_splits('cats_vs_dogs', 'original')
-    batches = list(eval_dataset(splits['test'], PipelineConfig(batch_size=4)).as_numpy_iterator())
-  assert sum(int(b['mask'].sum()) for b in batches) == splits['test'].num_examples == 10
 
 
 def test_unknown_split_scheme_is_refused():
@@ -303,8 +287,9 @@ def test_each_process_opens_only_its_own_files(tmp_path, monkeypatch, processes)
     moved = []
     for split in ('train', 'test'):
       paths = [Path(os.fsdecode(r['image'])) for r in splits[split].records.as_numpy_iterator()]
+      start, end = process_range(len(paths), index)
       for position, path in enumerate(paths):
-        if position % processes != index:
+        if not start <= position < end:
           moved.append((path, path.rename(path.with_suffix('.away'))))
     try:
       train = list(train_dataset(splits['train'], config, 0).as_numpy_iterator())
@@ -315,6 +300,43 @@ def test_each_process_opens_only_its_own_files(tmp_path, monkeypatch, processes)
     assert len(moved) == 2 * (12 - 12 // processes)
     assert sum(len(b['label']) for b in train) == 12 // processes  # 1 per step, every step
     assert sum(b['mask'].sum() for b in evaluation) == 12 // processes
+
+
+TFDS_WORKER = """
+import json, sys
+sys.path.insert(0, 'tests')
+import jax
+jax.distributed.initialize('127.0.0.1:{port}', 2, int(sys.argv[1]))
+import fake_tfds
+print('REPORT' + json.dumps({{s: fake_tfds.reads_of_a_run(s) for s in ('original', 'auto')}}))
+"""
+
+
+def test_two_tfds_processes_each_read_half(tmp_path):
+  """Two `jax.distributed` processes on a (made-up) TFDS `cats_vs_dogs`, with the tutorial's slices
+  and with splits carved by seed: each reads about half of what one process alone reads, for the
+  class counts (which equal one process's) and for a training epoch and the evaluation passes;
+  together they evaluate every example once."""
+  code = TFDS_WORKER.format(port=free_port())
+  workers = [subprocess.Popen([sys.executable, '-c', code, str(i)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, 'JAX_PLATFORMS': 'cpu'}) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in workers]
+  assert all(p.returncode == 0 for p in workers), outputs[0][-2000:] + outputs[1][-2000:]
+  reports = [json.loads(o.split('REPORT')[-1]) for o in outputs]
+  for scheme in ('original', 'auto'):
+    alone = fake_tfds.reads_of_a_run(scheme)
+    first, second = (report[scheme] for report in reports)
+    assert sorted(first['labels_read'] + second['labels_read']) == alone['labels_read'] == [
+        ['train', i] for i in range(fake_tfds.SIZE)]  # each label once
+    # a carved split's shard reads from its first example to its last: a little less in two
+    assert len(first['read']) + len(second['read']) <= len(alone['read'])
+    for report in (first, second):
+      assert len(report['read']) <= 0.55 * len(alone['read']), scheme
+    for report in (first, second):
+      assert report['counts'] == alone['counts']
+    for split in ('validation', 'test'):
+      assert sorted(first['indices'][split] + second['indices'][split]) == alone['indices'][split]
 
 
 def test_global_batch_splits_over_four_local_devices():

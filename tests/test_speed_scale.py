@@ -2,7 +2,6 @@
 parallelism over 4 local devices and over 2 processes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runs import ROOT, overrides, run_main
+from runs import ROOT, free_port, overrides, run_main
 from tlflax import optim, param_groups
 from tlflax.config import phase
 from tlflax.classifier import Classifier, backbone_layers, init_variables
@@ -157,8 +156,7 @@ def test_four_local_devices_train_like_one(tiny_run, tmp_path):
 
 WORKER = '''
 import json, sys, jax, ml_collections, numpy as np
-if {processes} > 1:
-  jax.distributed.initialize('127.0.0.1:{port}', {processes}, int(sys.argv[1]))
+jax.distributed.initialize('127.0.0.1:{port}', 2, int(sys.argv[1]))
 from tlflax.train import train_and_evaluate
 config = ml_collections.ConfigDict(json.loads({config!r}))
 result = train_and_evaluate(config, {workdir!r})
@@ -168,43 +166,44 @@ print('devices', jax.device_count(), 'local', jax.local_device_count())
 '''
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def run_workers(config, workdir, processes: int):
-  code = WORKER.format(port=free_port(), config=config.to_json(), workdir=str(workdir),
-                       processes=processes)
+def run_two_processes(config, workdir):
+  """`train_and_evaluate(config, workdir)` in two `jax.distributed` CPU processes; each one's
+  final parameters (as `np.load` of their leaves)."""
+  code = WORKER.format(port=free_port(), config=config.to_json(), workdir=str(workdir))
   workers = [subprocess.Popen([sys.executable, '-c', code, str(i)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-             for i in range(processes)]
+             for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in workers]
   for p, output in zip(workers, outputs):
     assert p.returncode == 0, output[-3000:]
-    assert f'devices {processes} local 1' in output
-  return [np.load(workdir / f'params_{i}.npz') for i in range(processes)]
+    assert 'devices 2 local 1' in output
+  return [np.load(workdir / f'params_{i}.npz') for i in range(2)]
 
 
 def test_two_processes_train_like_one(tiny_run, tmp_path):
-  """`jax.distributed` on 127.0.0.1: two CPU processes, each reading half of every batch, train
-  the whole recipe (checkpoints included) and end with the parameters of one process alone.
+  """`jax.distributed` on 127.0.0.1: two CPU processes, each reading its half of the data, train
+  the whole recipe (checkpoints included), on images and on cached activations, and end with the
+  parameters of one process alone.
 
-  Each process shuffles and augments its own shard, so the data order depends on the process
-  count; with it fixed (no shuffling, augmentation or dropout) a global batch holds the same
-  examples in both runs, and only the summation order may differ."""
+  Each process shuffles its own half, so which examples share a batch depends on the process
+  count; with the whole training split in one batch it cannot (the split is shuffled all the
+  same), and only the summation order may differ. Augmentation and dropout are off: both are
+  drawn per position in the batch."""
   config = no_augmentation(tiny_run, False)
-  config.data.shuffle_buffer = 1
+  config.batch_size = 24  # the whole training split
   config.model.dropout = 0.0
-  first, second = run_workers(config, tmp_path / 'two', 2)
-  (alone,) = run_workers(config, tmp_path / 'one', 1)
-  assert len(first.files) > 100
-  for name in first.files:
-    np.testing.assert_array_equal(first[name], second[name])
-    np.testing.assert_allclose(first[name], alone[name], atol=1e-5, rtol=0, err_msg=name)
-  assert (tmp_path / 'two' / 'test_metrics.json').exists()
+  config.phases.feature_extraction.epochs = 3
+  alone = jax.tree.leaves(train_and_evaluate(config, tmp_path / 'one').variables['params'])
+  for cached in (False, True):
+    config.compute.cache_frozen = cached
+    workdir = tmp_path / f'two{"_cached" * cached}'
+    first, second = run_two_processes(config, workdir)
+    assert len(first.files) == len(alone) > 100
+    for name, expected in zip(first.files, alone):
+      np.testing.assert_array_equal(first[name], second[name])
+      np.testing.assert_allclose(first[name], expected, atol=1e-5, rtol=0, err_msg=name)
+    assert (workdir / 'test_metrics.json').exists()
 
 
 def test_the_activation_cache_is_filled_in_place(tiny_run):

@@ -1,5 +1,4 @@
 """What a run leaves in its workdir besides checkpoints: strict JSON, final variables, figures."""
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,7 +8,7 @@ import numpy as np
 from flax import serialization
 
 from tlflax import plots
-from tlflax.data.pipeline import eval_dataset
+from tlflax.data import transforms
 
 
 def write_atomically(path: Path, content: bytes):
@@ -32,10 +31,12 @@ def write_reports(run, history: dict, variables: dict):
   if history['epochs']:
     plots.learning_curves(history, run.workdir / 'learning_curves.png')
   # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)
+  config = run.image_feed.config
   test = run.splits['test']
-  shuffled = dataclasses.replace(test, records=test.records.shuffle(1000, seed=run.config.seed))
-  batch = next(eval_dataset(shuffled, run.image_feed.config).as_numpy_iterator())
+  images = (test.records.shuffle(1000, seed=run.config.seed).take(9).map(test.read)
+            .map(lambda x: transforms.preprocess(x['image'], config.image_size, config.max_pixels)))
+  images = np.stack(list(images.as_numpy_iterator()))
   probabilities = np.asarray(run.objective.probabilities(
-      jax.jit(run.model.apply)(variables, batch['image'][:9])))
-  plots.prediction_grid(batch['image'][:9], [run.class_names[i] for i in probabilities.argmax(1)],
+      jax.jit(run.model.apply)(variables, images)))
+  plots.prediction_grid(images, [run.class_names[i] for i in probabilities.argmax(1)],
                         probabilities.max(1), run.workdir / 'predictions.png')

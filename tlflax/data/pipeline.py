@@ -1,18 +1,19 @@
 """Batches for jit-compiled steps: shuffled, augmented training epochs and padded evaluation passes.
 
-Each process keeps its own shard of a split (`Source.process_shard`: every
-`jax.process_count()`-th example from `jax.process_index()`; from an image folder it opens only its
-own files) and yields NumPy batches of `batch_size // process_count` examples:
+Each process reads only its own shard of a split (`Source.process_shard`: a contiguous
+`jax.process_count()`-th of it, TFDS's `split_for_jax_process` layout) and yields NumPy batches of
+`batch_size // process_count` examples:
 
     {'image': float32 (b, size, size, 3) in [-1, 1], 'label': int32 (b,), 'mask': bool (b,)}
 
 and evaluation batches also `'index'`: int32 (b,), the example's position in the split.
 
 Training epochs drop the remainder; their order and augmentation depend only on (seed, epoch), so a
-resumed run sees the same data as an uninterrupted one. Evaluation sees every example exactly once:
-the last batch is padded and `mask` is False on the padding. `global_batch` turns a process-local
-batch into `jax.Array`s split over the devices of a mesh; `prefetch_to_devices` does so ahead of
-the steps.
+resumed run sees the same data as an uninterrupted one. Which examples share a global batch
+depends on the process count (each process shuffles its own shard), as in any per-host input
+pipeline. Evaluation sees every example exactly once: the last batch is padded and `mask` is
+False on the padding. `global_batch` turns a process-local batch into `jax.Array`s split over the
+devices of a mesh; `prefetch_to_devices` does so ahead of the steps.
 """
 import collections
 import dataclasses
@@ -25,7 +26,7 @@ import tensorflow as tf
 from tlflax.data import augment as augmentation
 from tlflax.data import transforms
 from tlflax.data.folders import DataError
-from tlflax.data.sources import Source
+from tlflax.data.sources import Source, process_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +70,9 @@ def eval_steps(source: Source, config: PipelineConfig) -> int:
 
 
 def _shard_size(source: Source) -> int:
-  """Examples in this process's shard (`dataset.shard` deals them out round-robin)."""
-  return len(range(jax.process_index(), source.num_examples, jax.process_count()))
+  """Examples in this process's shard."""
+  start, end = process_range(source.num_examples)
+  return end - start
 
 
 def _shuffled(dataset: tf.data.Dataset, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
@@ -125,12 +127,13 @@ def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
   `index` is each example's position in the whole split (-1 on padding)."""
   local_batch = _local_batch_size(config.batch_size)
   size = config.image_size
+  first, _ = process_range(source.num_examples)
 
   def transform(position, example):
     return {'image': transforms.preprocess(example['image'], size, config.max_pixels),
             'label': example['label'],
             'mask': tf.constant(True),
-            'index': tf.cast(position * jax.process_count() + jax.process_index(), tf.int32)}
+            'index': tf.cast(first + position, tf.int32)}
 
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
 from tlflax.data import carving, folders
 from tlflax.errors import DataError
@@ -38,18 +39,47 @@ def _read_nothing(record: dict) -> dict:
   return record
 
 
+def process_range(num_examples: int, index: Optional[int] = None) -> tuple[int, int]:
+  """[start, end) of process `index`'s (default this process's) contiguous shard of a split: the
+  `jax.process_count()` shards differ in size by at most one, larger first (TFDS's `even_splits`
+  layout)."""
+  index = jax.process_index() if index is None else index
+  size, extra = divmod(num_examples, jax.process_count())
+  start = index * size + min(index, extra)
+  return start, start + size + (index < extra)
+
+
+def gather_shards(local: np.ndarray, num_examples: int) -> np.ndarray:
+  """The whole split's rows, from each process's rows of its `process_range` (in split order)."""
+  if jax.process_count() == 1:
+    return local
+  sizes = [end - start for start, end in map(lambda i: process_range(num_examples, i),
+                                             range(jax.process_count()))]
+  padded = np.zeros((max(sizes), *local.shape[1:]), local.dtype)
+  padded[:len(local)] = local
+  everyone = multihost_utils.process_allgather(padded)
+  return np.concatenate([rows[:size] for rows, size in zip(everyone, sizes)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One split: `records` (one element per example, in split order), which `read` turns into
-  {'image': encoded bytes, 'label': int32}; its size, the dataset's class names and the split's
-  number of examples of each class. An image folder's records are file names, read only when
-  `read` runs, so a process that shards them first (`process_shard`) opens its own files only;
-  a TFDS split's records are its examples."""
-  records: tf.data.Dataset
+  """One split: `records_between(start, end)` gives the records at those split positions and
+  reads no others; `read` turns a record into {'image': encoded bytes, 'label': int32}. Also its
+  size, the dataset's class names and the split's number of examples of each class.
+
+  An image folder's records are file names (opened only by `read`); a TFDS split's are its
+  examples, read through a TFDS slice of just those positions. So a process that takes its shard
+  (`process_shard`) reads its own records only."""
+  records_between: Callable[[int, int], tf.data.Dataset]
   num_examples: int
   class_names: tuple[str, ...]
   class_counts: tuple[int, ...]
   read: Callable[[dict], dict] = _read_nothing
+
+  @property
+  def records(self) -> tf.data.Dataset:
+    """Every record of the split, in order."""
+    return self.records_between(0, self.num_examples)
 
   @property
   def dataset(self) -> tf.data.Dataset:
@@ -57,20 +87,25 @@ class Source:
     return self.records.map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
 
   def process_shard(self) -> tf.data.Dataset:
-    """This process's examples (split positions `jax.process_index()`, then every
-    `jax.process_count()`-th), sharded before they are read."""
-    return (self.records.shard(jax.process_count(), jax.process_index())
+    """This process's examples (its `process_range`), the only ones it reads."""
+    return (self.records_between(*process_range(self.num_examples))
             .map(self.read, num_parallel_calls=tf.data.AUTOTUNE))
 
 
-def _source(records, labels, class_names, what: str = '', read=_read_nothing) -> Source:
+def _slicer(records: tf.data.Dataset) -> Callable[[int, int], tf.data.Dataset]:
+  """`records_between` of records that are cheap to skip (file names)."""
+  return lambda start, end: records.skip(start).take(end - start)
+
+
+def _source(records_between, labels, class_names, what: str = '', read=_read_nothing) -> Source:
   labels = np.asarray(labels, np.int64)
   outside = labels[(labels < 0) | (labels >= len(class_names))]
   if outside.size:
     raise DataError(f'{what} has {outside.size} labels outside 0..{len(class_names) - 1} (e.g. '
                     f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
   counts = np.bincount(labels, minlength=len(class_names))
-  return Source(records, len(labels), tuple(class_names), tuple(int(c) for c in counts), read)
+  return Source(records_between, len(labels), tuple(class_names), tuple(int(c) for c in counts),
+                read)
 
 
 def check_split_scheme(name: str):
@@ -110,7 +145,10 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
                 data_dir: Optional[str] = None, seed: int = 0, image_feature: str = '',
                 label_feature: str = '') -> dict[str, Source]:
   """The train/validation/test splits of a TFDS image classification dataset (`SPLIT_SCHEMES`).
-  Each split's labels are read once (images are not decoded) for its class counts."""
+
+  Each split's labels are read once for its class counts (images are not decoded): each process
+  reads those of its own shard and the processes exchange them. Every later read is a TFDS slice
+  of the wanted positions (`Source.records_between`)."""
   check_split_scheme(split_scheme)
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()
@@ -119,17 +157,31 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
   class_names = tuple(builder.info.features[label_key].names)
 
   def read(split: str) -> tf.data.Dataset:
-    try:
-      dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                   decoders={image_key: tfds.decode.SkipDecoding()})
-    except (KeyError, ValueError) as e:  # TFDS's "Unknown split"
-      raise DataError(f'TFDS {name} cannot read split {split!r} (split_scheme={split_scheme!r}; '
-                      f"it has {sorted(builder.info.splits)}; 'auto' uses those): {e}") from e
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={image_key: tfds.decode.SkipDecoding()})
     return dataset.map(lambda x: {'image': x[image_key],
                                   'label': tf.cast(x[label_key], tf.int32)})
 
-  def labels_of(dataset: tf.data.Dataset) -> np.ndarray:  # one pass; images stay encoded
-    return np.fromiter(dataset.map(lambda x: x['label']).as_numpy_iterator(), np.int64)
+  def slice_of(spec: str) -> tuple[Callable[[int, int], tf.data.Dataset], int]:
+    """(records_between, size) of a TFDS split spec such as 'train[80%:90%]'."""
+    try:
+      (where,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(builder.info.splits)
+    except (KeyError, ValueError) as e:  # TFDS's "Unknown split"
+      raise DataError(f'TFDS {name} cannot read split {spec!r} (split_scheme={split_scheme!r}; '
+                      f"it has {sorted(builder.info.splits)}; 'auto' uses those): {e}") from e
+    offset = where.from_ or 0
+    size = (builder.info.splits[where.splitname].num_examples if where.to is None
+            else where.to) - offset
+
+    def records_between(start: int, end: int) -> tf.data.Dataset:
+      if end <= start:  # TFDS refuses empty slices
+        return read(where.splitname).take(0)
+      return read(f'{where.splitname}[{offset + start}:{offset + end}]')
+    return records_between, size
+
+  def labels_of(records_between, size: int) -> np.ndarray:
+    local = records_between(*process_range(size)).map(lambda x: x['label'])
+    return gather_shards(np.fromiter(local.as_numpy_iterator(), np.int64), size)
 
   if split_scheme != 'auto':
     own = sorted(set(builder.info.splits) & {'validation', 'test'})
@@ -137,27 +189,26 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
       raise DataError(f'TFDS {name} has its own {own} split(s), which split_scheme='
                       f"{split_scheme!r} (slices of 'train', the tutorials' scheme for "
                       "cats_vs_dogs) would ignore: use --config.data.split_scheme=auto")
-    datasets = {split: read(tfds_split)
-                for split, tfds_split in SPLIT_SCHEMES[split_scheme].items()}
-    splits = {split: _source(dataset, labels_of(dataset), class_names,
+    slices = {split: slice_of(spec) for split, spec in SPLIT_SCHEMES[split_scheme].items()}
+    splits = {split: _source(records_between, labels_of(records_between, size), class_names,
                              f'TFDS {name} {split} split')
-              for split, dataset in datasets.items()}
+              for split, (records_between, size) in slices.items()}
   else:
     present = [s for s in carving.SPLITS if s in builder.info.splits]
     if 'train' not in present:
       raise DataError(f"TFDS {name} has no 'train' split; it has {sorted(builder.info.splits)}")
-    datasets = {split: read(split) for split in present}
-    labels = {split: labels_of(dataset) for split, dataset in datasets.items()}
+    slices = {split: slice_of(split) for split in present}
+    labels = {split: labels_of(*slices[split]) for split in present}
     for split in present[1:]:
       if labels[split].size and np.all(labels[split] == -1):
         logging.info('TFDS %s: its %s split is unlabelled; carving one out instead', name, split)
         del labels[split]
     splits = {}
     for split, (parent, indices) in carving.carve(labels, seed).items():
-      dataset = datasets[parent]
+      records_between = slices[parent][0]
       if len(indices) < len(labels[parent]):
-        dataset = _subset(dataset, indices, len(labels[parent]))
-      splits[split] = _source(dataset, labels[parent][indices], class_names,
+        records_between = _subset(records_between, indices)
+      splits[split] = _source(records_between, labels[parent][indices], class_names,
                               f'TFDS {name} {parent} split')
   for split, source in splits.items():
     if not source.num_examples:
@@ -165,13 +216,20 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
   return splits
 
 
-def _subset(dataset: tf.data.Dataset, indices: np.ndarray, size: int) -> tf.data.Dataset:
-  """The elements of `dataset` at `indices` (sorted), in order."""
-  keep = np.zeros(size, bool)
-  keep[indices] = True
-  keep = tf.constant(keep)
-  return (dataset.enumerate().filter(lambda i, _: keep[i]).map(lambda _, x: x)
-          .apply(tf.data.experimental.assert_cardinality(len(indices))))
+def _subset(records_between, indices: np.ndarray) -> Callable[[int, int], tf.data.Dataset]:
+  """`records_between` of the records at (sorted) `indices` of a split: a range of them reads the
+  split from its first index to its last and keeps those."""
+  def subset_between(start: int, end: int) -> tf.data.Dataset:
+    if end <= start:
+      return records_between(0, 0)
+    first, last = int(indices[start]), int(indices[end - 1])
+    keep = np.zeros(last + 1 - first, bool)
+    keep[indices[start:end] - first] = True
+    keep = tf.constant(keep)
+    return (records_between(first, last + 1).enumerate()
+            .filter(lambda i, _: keep[i]).map(lambda _, x: x)
+            .apply(tf.data.experimental.assert_cardinality(end - start)))
+  return subset_between
 
 
 def _read_file(record: dict) -> dict:
@@ -186,7 +244,7 @@ def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str
     records = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
         {'image': [os.fsencode(p) for p in split.paths],
          'label': tf.constant(split.labels, tf.int32)})
-    return _source(records, split.labels, class_names, read=_read_file)
+    return _source(_slicer(records), split.labels, class_names, read=_read_file)
 
   return {split: source(split_files) for split, split_files in files.items()}
 

@@ -1,0 +1,77 @@
+"""TFDS datasets made up for tests: any builder's `as_dataset` under `tfds.testing.mock_data`,
+with given splits and labels. It honours TFDS split slicing ('train[80%:90%]', 'train[10:20]')
+and records which examples were read, so tests can count a process's reads."""
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+read_positions: list[tuple[str, int]] = []  # (split, position) of every example read, in order
+
+
+def _note(split, position):
+  read_positions.append((split.numpy().decode(), int(position)))
+  return position
+
+
+@contextlib.contextmanager
+def mock(labels: dict[str, Sequence[int]]):
+  """The dataset any `tfds.builder` builds has these splits (name -> each example's label); an
+  example's image is an 8x8 PNG whose colour encodes (split, position), so all are distinct."""
+  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=name, shard_lengths=[len(values)],
+                                                    num_bytes=0)
+                                for name, values in labels.items()])
+  tables = {name: tf.constant(np.asarray(values, np.int64)) for name, values in labels.items()}
+
+  def as_dataset(self, split, decoders=None, **kwargs):
+    (where,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(splits)
+    name, start = where.splitname, where.from_ or 0
+    stop = len(labels[name]) if where.to is None else where.to
+    split_index = list(labels).index(name)
+
+    def example(position):
+      position = tf.py_function(_note, [name, position], tf.int64)
+      position.set_shape(())
+      colour = tf.cast(tf.stack([position % 256, position // 256, split_index]), tf.uint8)
+      return {'image': tf.io.encode_png(tf.broadcast_to(colour, (8, 8, 3))),
+              'label': tables[name][position]}
+    return tf.data.Dataset.range(start, stop).map(example).apply(
+        tf.data.experimental.assert_cardinality(stop - start))
+
+  saved = tfds.core.DatasetInfo.__dict__['splits']
+  tfds.core.DatasetInfo.splits = property(lambda self: splits)
+  try:
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+      read_positions.clear()
+      yield
+  finally:
+    tfds.core.DatasetInfo.splits = saved
+
+
+SIZE = 1000
+
+
+def cats_vs_dogs(size: int = SIZE):
+  """`mock` of `cats_vs_dogs`: one `train` split, alternating cat and dog."""
+  return mock({'train': np.arange(size) % 2})
+
+
+def reads_of_a_run(scheme: str, batch_size: int = 8) -> dict:
+  """Under `cats_vs_dogs()`, on this process: the examples read for the class counts
+  ('labels_read') and for a training epoch and the validation and test passes ('read'); each
+  split's class counts; the split positions its evaluation passes gave."""
+  from tlflax.data.pipeline import PipelineConfig, eval_dataset, train_dataset
+  from tlflax.data.sources import tfds_splits
+  config = PipelineConfig(batch_size=batch_size, image_size=8)
+  with cats_vs_dogs():
+    splits = tfds_splits('cats_vs_dogs', scheme)
+    labels_read = list(read_positions)
+    read_positions.clear()
+    list(train_dataset(splits['train'], config, 0).as_numpy_iterator())
+    indices = {split: [int(i) for batch in eval_dataset(splits[split], config).as_numpy_iterator()
+                       for i in batch['index'][batch['mask']]] for split in ('validation', 'test')}
+    return {'labels_read': [list(r) for r in labels_read],
+            'read': [list(r) for r in read_positions], 'indices': indices,
+            'counts': {s: list(source.class_counts) for s, source in splits.items()}}
