@@ -16,8 +16,17 @@ Each run is its own process; the runs are interleaved (A B C D A B C D ...) so t
 hits all alike. Per phase: training images/s (median over the epochs after each phase's first),
 evaluation images/s (validation, same epochs), the first step's time less a typical step
 (compilation), the phase's wall time (compile, caches, every epoch and its validation) and the
-process's peak resident memory. Writes OUT/keras_comparison.{md,json,png} and prints the ratios
-last.
+process's peak resident memory; per run, the whole process's wall time (start-up, weights, both
+phases, and for tlflax its test pass, reports and plots).
+
+Prediction, after each round's tlflax run: `main.py --mode=predict` on the 2000 photos of the
+shared mini set with that run's workdir, and Keras's `model.predict` on
+`image_dataset_from_directory` of the same folder with the same network (the ported weights and a
+one-logit head), each a whole process, timed from start to end. tlflax's later rounds find its
+programs in the compilation cache (`compute.compilation_cache_dir`), as a user's second
+prediction would; the JSON keeps every round.
+
+Writes OUT/keras_comparison.{md,json,png} and prints the ratios last.
 """
 import json
 import os
@@ -50,6 +59,7 @@ flags.DEFINE_integer('epochs', 3, 'Epochs per phase; the first of each phase is 
 flags.DEFINE_integer('rounds', 2, 'Times each run is repeated (interleaved).')
 flags.DEFINE_string('out', str(ROOT / 'bench' / 'results'), 'Results folder.')
 flags.DEFINE_list('runs', list(RUNS), 'Which runs.')
+flags.DEFINE_bool('predict', True, 'Also time prediction (needs the tlflax and keras-tf runs).')
 flags.DEFINE_string('worker', None, 'Internal: run one framework and print its JSON.')
 flags.DEFINE_string('workdir', None, 'Internal: the subset and ported weights.')
 FLAGS = flags.FLAGS
@@ -85,6 +95,7 @@ def run_tlflax(workdir: Path, cached: bool) -> dict:
     phase.epochs = FLAGS.epochs
   run_dir = tempfile.mkdtemp(prefix='run-cached-' if cached else 'run-', dir=workdir)
   history = train_and_evaluate(config, run_dir).history  # a fresh workdir: no resuming
+  (workdir / 'latest_tlflax_run').write_text(run_dir)
   phases = {}
   for name in PHASES:
     epochs = [e for e in history['epochs'] if e['phase'] == name]
@@ -189,8 +200,63 @@ def run_keras(workdir: Path) -> dict:
   return phases
 
 
+def keras_predict(workdir: Path) -> int:
+  """Keras's `model.predict` over every photo of the mini set (its class folders as given, the
+  labels unused): the network of `run_keras`; returns the number of images."""
+  import keras
+  import tensorflow as tf
+
+  from tlflax.weights.native import load_variables
+  variables, _ = load_variables(workdir / 'weights.msgpack')
+  images = keras.utils.image_dataset_from_directory(
+      DATA, labels=None, batch_size=BATCH, image_size=(IMAGE_SIZE, IMAGE_SIZE),
+      shuffle=False).prefetch(tf.data.AUTOTUNE)
+  base = keras_base_with_ported_weights(keras, variables)
+  inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+  x = keras.layers.GlobalAveragePooling2D()(
+      base(keras.applications.mobilenet_v2.preprocess_input(inputs), training=False))
+  model = keras.Model(inputs, keras.layers.Dense(1)(x))
+  return len(model.predict(images, verbose=0))
+
+
+def tlflax_predict_command(workdir: Path) -> list[str]:
+  """`main.py --mode=predict` on the mini set with the latest tlflax run's workdir and config."""
+  run_dir = (workdir / 'latest_tlflax_run').read_text()
+  return [sys.executable, str(ROOT / 'main.py'), '--config=configs/cats_dogs.py:local',
+          f'--workdir={run_dir}', '--mode=predict', f'--inputs={DATA}',
+          f'--config.data.folder={workdir / "data"}',
+          f'--config.model.weights={workdir / "weights.msgpack"}',
+          *(f'--config.phases.{phase}.epochs={FLAGS.epochs}' for phase in PHASES)]
+
+
+def timed_prediction(name: str, workdir: Path) -> dict:
+  """A prediction process over the mini set, timed from its start to its end."""
+  if name == 'tlflax':
+    command, env = tlflax_predict_command(workdir), dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  else:
+    command = [sys.executable, __file__, '--worker=keras-predict', f'--workdir={workdir}']
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', KERAS_BACKEND='tensorflow',
+               XLA_FLAGS=xla_flags.with_flags(os.environ.get('XLA_FLAGS', ''), XLA_DEFAULTS))
+  start = time.perf_counter()
+  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+  wall = time.perf_counter() - start
+  if result.returncode:
+    raise RuntimeError(f'{name} prediction failed:\n{result.stdout[-3000:]}\n'
+                       f'{result.stderr[-3000:]}')
+  if name == 'tlflax':
+    csv = Path((workdir / 'latest_tlflax_run').read_text()) / 'predictions.csv'
+    images = len(csv.read_text().splitlines()) - 1
+  else:
+    images = int(next(line for line in result.stdout.splitlines()
+                      if line.startswith('IMAGES '))[len('IMAGES '):])
+  return {'wall_s': wall, 'images': images, 'images_per_s': images / wall}
+
+
 # ---------------------------------------------------------------------------- driver
 def worker(name: str, workdir: Path):
+  if name == 'keras-predict':
+    print(f'IMAGES {keras_predict(workdir)}')
+    return
   if name.startswith('tlflax'):
     phases = run_tlflax(workdir, cached=name == 'tlflax-cached')
   else:
@@ -206,18 +272,23 @@ def run_worker(name: str, workdir: Path) -> dict:
   command = [sys.executable, __file__, f'--worker={name}', f'--workdir={workdir}',
              f'--epochs={FLAGS.epochs}', f'--train_images={FLAGS.train_images}',
              f'--val_images={FLAGS.val_images}']
+  start = time.perf_counter()
   result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+  wall = time.perf_counter() - start
   lines = [line for line in result.stdout.splitlines() if line.startswith('RESULT ')]
   if result.returncode or not lines:
     raise RuntimeError(f'{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
-  return json.loads(lines[-1][len('RESULT '):])
+  return {**json.loads(lines[-1][len('RESULT '):]), 'process_wall_s': wall}
 
 
 def summarize(samples: dict) -> dict:
   """Medians over rounds (and over steady epochs for the rates)."""
   table = {}
   for name, runs in samples.items():
-    table[name] = {'peak_rss_mb': statistics.median(r['peak_rss_mb'] for r in runs)}
+    if name == 'prediction':
+      continue
+    table[name] = {'peak_rss_mb': statistics.median(r['peak_rss_mb'] for r in runs),
+                   'process_wall_s': statistics.median(r['process_wall_s'] for r in runs)}
     for phase in PHASES:
       per = [r['phases'][phase] for r in runs]
       table[name][phase] = {
@@ -225,6 +296,10 @@ def summarize(samples: dict) -> dict:
           'eval_images_per_s': statistics.median(x for p in per for x in p['eval_images_per_s']),
           'compile_s': statistics.median(max(p['first_step_s'] - p['step_s'], 0) for p in per),
           'wall_s': statistics.median(p['wall_s'] for p in per)}
+  if samples.get('prediction'):
+    table['prediction'] = {
+        who: {key: statistics.median(r[who][key] for r in samples['prediction'])
+              for key in ('wall_s', 'images_per_s')} for who in ('tlflax', 'keras-tf')}
   return table
 
 
@@ -239,6 +314,8 @@ def ratios(table: dict) -> list[str]:
     for theirs in ('keras-tf', 'keras-jax'):
       if ours not in table or theirs not in table:
         continue
+      lines.append(f'{ours} / {theirs}, whole process: wall s '
+                   f"{table[theirs]['process_wall_s'] / table[ours]['process_wall_s']:.2f}x")
       for phase in PHASES:
         parts = []
         for key, label, higher_is_better in METRICS:
@@ -246,17 +323,28 @@ def ratios(table: dict) -> list[str]:
           if a > 0 and b > 0:
             parts.append(f'{label} {a / b if higher_is_better else b / a:.2f}x')
         lines.append(f'{ours} / {theirs}, {phase}: ' + ', '.join(parts))
+  if 'prediction' in table:
+    ours, theirs = table['prediction']['tlflax'], table['prediction']['keras-tf']
+    lines.append(f"prediction (2000 photos, whole process), tlflax / keras-tf: images/s "
+                 f"{ours['images_per_s'] / theirs['images_per_s']:.2f}x")
   return lines
 
 
 def markdown(table: dict, machine: str) -> str:
   header = ('| run | phase | train img/s | eval img/s | compile s | phase wall s | peak RSS MB |\n'
             '|---|---|---:|---:|---:|---:|---:|\n')
+  runs = {name: r for name, r in table.items() if name != 'prediction'}
   rows = ''.join(
       f"| {name} | {phase} | {r[phase]['train_images_per_s']:.1f} | "
       f"{r[phase]['eval_images_per_s']:.1f} | {r[phase]['compile_s']:.1f} | "
       f"{r[phase]['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |\n"
-      for name, r in table.items() for phase in PHASES)
+      for name, r in runs.items() for phase in PHASES)
+  rows += '\n| run | whole process wall s |\n|---|---:|\n' + ''.join(
+      f"| {name} | {r['process_wall_s']:.1f} |\n" for name, r in runs.items())
+  if 'prediction' in table:
+    rows += ('\n| prediction, 2000 photos | process wall s | images/s |\n|---|---:|---:|\n'
+             + ''.join(f"| {who} | {r['wall_s']:.1f} | {r['images_per_s']:.1f} |\n"
+                       for who, r in table['prediction'].items()))
   return (f'# tlflax vs Keras: the tutorial recipe\n\n{machine}\n\n'
           f'`bench/keras_comparison.py --train_images={FLAGS.train_images} '
           f'--val_images={FLAGS.val_images} --epochs={FLAGS.epochs} --rounds={FLAGS.rounds}`: '
@@ -270,7 +358,7 @@ def bar_chart(table: dict, path: Path):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.5 * len(METRICS), 4))
-  names = list(table)
+  names = [name for name in table if name != 'prediction']
   for ax, (key, label, _) in zip(axes, METRICS):
     for i, phase in enumerate(PHASES):
       values = [table[n][phase][key] for n in names]
@@ -311,6 +399,8 @@ def main(argv):
                  load_pretrained(str(WEIGHTS), include_top=False, input_size=IMAGE_SIZE),
                  alpha=1.0, source=str(WEIGHTS))
   samples = {name: [] for name in FLAGS.runs}
+  predicting = FLAGS.predict and {'tlflax', 'keras-tf'} <= set(FLAGS.runs)
+  samples['prediction'] = []
   try:
     for round_index in range(FLAGS.rounds):
       for name in FLAGS.runs:
@@ -318,6 +408,11 @@ def main(argv):
         samples[name].append(run_worker(name, workdir))
         print(f'round {round_index + 1}/{FLAGS.rounds}: {name} took '
               f'{time.perf_counter() - start:.0f} s', flush=True)
+        if name == 'tlflax' and predicting:  # its workdir is the latest run's
+          samples['prediction'].append({who: timed_prediction(who, workdir)
+                                        for who in ('tlflax', 'keras-tf')})
+          print(f"round {round_index + 1}/{FLAGS.rounds}: prediction {samples['prediction'][-1]}",
+                flush=True)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   table = summarize(samples)

@@ -1,6 +1,8 @@
 """TFDS datasets made up for tests: any builder's `as_dataset` under `tfds.testing.mock_data`,
-with given splits and labels. It honours TFDS split slicing ('train[80%:90%]', 'train[10:20]')
-and records which examples were read, so tests can count a process's reads."""
+with given splits and labels. It honours TFDS split slicing ('train[80%:90%]', 'train[10:20]'),
+stores each split in two files and, like TFDS, interleaves them in blocks of 16 examples unless
+`read_config.interleave_cycle_length` is 1, and records which examples were read, so tests can
+count a process's reads."""
 import contextlib
 from typing import Sequence
 
@@ -25,11 +27,14 @@ def mock(labels: dict[str, Sequence[int]]):
                                 for name, values in labels.items()])
   tables = {name: tf.constant(np.asarray(values, np.int64)) for name, values in labels.items()}
 
-  def as_dataset(self, split, decoders=None, **kwargs):
+  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
     (where,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(splits)
     name, start = where.splitname, where.from_ or 0
     stop = len(labels[name]) if where.to is None else where.to
     split_index = list(labels).index(name)
+    order = np.arange(start, stop)
+    if read_config is None or read_config.interleave_cycle_length != 1:
+      order = _interleaved(order, len(labels[name]) // 2)
 
     def example(position):
       position = tf.py_function(_note, [name, position], tf.int64)
@@ -37,7 +42,7 @@ def mock(labels: dict[str, Sequence[int]]):
       colour = tf.cast(tf.stack([position % 256, position // 256, split_index]), tf.uint8)
       return {'image': tf.io.encode_png(tf.broadcast_to(colour, (8, 8, 3))),
               'label': tables[name][position]}
-    return tf.data.Dataset.range(start, stop).map(example).apply(
+    return tf.data.Dataset.from_tensor_slices(order).map(example).apply(
         tf.data.experimental.assert_cardinality(stop - start))
 
   saved = tfds.core.DatasetInfo.__dict__['splits']
@@ -51,6 +56,18 @@ def mock(labels: dict[str, Sequence[int]]):
 
 
 SIZE = 1000
+
+
+def _interleaved(positions: np.ndarray, second_file: int, block: int = 16) -> np.ndarray:
+  """`positions` as TFDS reads them from two files (the second from `second_file` on): blocks of
+  `block` from each file in turn."""
+  files = [positions[positions < second_file], positions[positions >= second_file]]
+  order, taken = [], [0, 0]
+  while any(taken[i] < len(f) for i, f in enumerate(files)):
+    for i, f in enumerate(files):
+      order.extend(f[taken[i]:taken[i] + block])
+      taken[i] += block
+  return np.asarray(order, np.int64)
 
 
 def cats_vs_dogs(size: int = SIZE):

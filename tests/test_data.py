@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
+from unittest import mock
 from pathlib import Path
 
 import jax
@@ -18,7 +20,9 @@ from runs import ROOT, free_port
 
 from tlflax.data import transforms
 from tlflax.data.folders import DataError, scan_image_folder
-from tlflax.data.pipeline import PipelineConfig, eval_dataset, global_batch, train_dataset
+from tlflax.data.image_cache import ImageCache
+from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, global_batch,
+                                  train_dataset)
 from tlflax.data.sources import SPLIT_SCHEMES, folder_splits, process_range, tfds_splits
 
 @pytest.mark.parametrize('scheme,sizes', [('original', (800, 100, 100)),
@@ -217,6 +221,47 @@ def test_augmentation_is_deterministic_per_seed_and_epoch(tmp_path):
   assert np.allclose(plain, plain[:, :1, :1, :], atol=1e-5)
 
 
+def test_a_folder_epoch_mixes_its_classes_in_its_first_half(tmp_path):
+  """An image folder's files are sorted by class; its epoch permutes all of them (a shuffle
+  buffer smaller than a class would start with batches of the first class only)."""
+  source = folder_splits(make_folder(tmp_path / 'data', per_class=24, splits=('train',)))['train']
+  config = PipelineConfig(batch_size=8, shuffle_buffer=4)
+  cats = source.class_counts[0]  # positions 0..cats-1 are cats, the rest dogs
+  fractions = []
+  for epoch in range(4):
+    positions = epoch_indices(source, config, epoch).ravel()
+    assert len(set(positions)) == len(positions) == source.num_examples // 8 * 8
+    fractions.append(np.mean(positions[:len(positions) // 2] >= cats))
+  assert 0.3 < np.mean(fractions) < 0.7, fractions
+
+
+def test_the_epoch_order_ignores_tensorflows_global_seed(tmp_path):
+  """The order comes from (seed, epoch) alone: a program that seeds TensorFlow (as Keras's
+  `set_random_seed` does) trains on the same batches. Folders and TFDS (blocks of
+  `shuffle_buffer`) alike; the images of `train_dataset` come in `epoch_indices`' order."""
+  source = folder_splits(make_folder(tmp_path / 'data', per_class=12, splits=('train',)))['train']
+  config = PipelineConfig(batch_size=4, image_size=8, flip=False, rotation_factor=0.0)
+  with fake_tfds.cats_vs_dogs(100):
+    tfds_train = tfds_splits('cats_vs_dogs', 'original')['train']
+    orders = []
+    try:
+      for global_seed in (None, 123, 7):
+        tf.random.set_seed(global_seed)
+        orders.append([epoch_indices(s, replace(config, shuffle_buffer=10), 1)
+                       for s in (source, tfds_train)])
+        images = np.concatenate([b['image'] for b in train_dataset(tfds_train, replace(
+            config, shuffle_buffer=10), 1).as_numpy_iterator()])
+        # the fake's red channel is the position: the images come in epoch_indices' order
+        np.testing.assert_allclose((images[:, 0, 0, 0] + 1) * 127.5, orders[-1][1].ravel(),
+                                   atol=0.01)
+    finally:
+      tf.random.set_seed(None)
+  for order in orders[1:]:
+    for a, b in zip(orders[0], order):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(orders[0][1], np.sort(orders[0][1], axis=None).reshape(-1, 4))
+
+
 def test_evaluation_counts_every_example_once_with_padding(tmp_path):
   root = make_folder(tmp_path / 'data', per_class=2)
   for i in range(17):  # 19 dogs in test: 21 examples in all, batches of 8
@@ -329,6 +374,8 @@ def test_two_tfds_processes_each_read_half(tmp_path):
     first, second = (report[scheme] for report in reports)
     assert sorted(first['labels_read'] + second['labels_read']) == alone['labels_read'] == [
         ['train', i] for i in range(fake_tfds.SIZE)]  # each label once
+    if scheme == 'original':  # slices: the two read different examples
+      assert not {tuple(r) for r in first['read']} & {tuple(r) for r in second['read']}
     # a carved split's shard reads from its first example to its last: a little less in two
     assert len(first['read']) + len(second['read']) <= len(alone['read'])
     for report in (first, second):
@@ -467,3 +514,51 @@ def test_augmentation_ops_run_in_order_with_seeds_by_position():
   tutorial = augment.rotate(augment.flip_lr(image, flip_seed), rotation_seed, 0.2)
   for extra in ('', 'plus(0)'):
     np.testing.assert_array_equal(augment.chain(True, 0.2, extra)(image, seed), tutorial)
+
+
+@pytest.mark.parametrize('where', ['memory', 'disk'])
+def test_decoded_images_give_the_batches_of_decoding_every_epoch(tmp_path, where):
+  """Training epochs (augmented) and evaluation passes from images decoded once equal those that
+  decode every epoch, for an image folder and for TFDS (shuffled in blocks), on one process and
+  on each of two."""
+  folder = folder_splits(make_folder(tmp_path / 'data', per_class=7))
+  config = PipelineConfig(batch_size=4, image_size=16, shuffle_buffer=5)
+  with fake_tfds.cats_vs_dogs(60):
+    for name, splits in (('folder', folder), ('tfds', tfds_splits('cats_vs_dogs', 'original'))):
+      for processes in (1, 2):
+        with mock.patch.object(jax, 'process_count', lambda: processes):
+          cache = ImageCache(where, limit_gb=1.0, folder=tmp_path / 'cache' / name)
+          for split in ('train', 'validation'):
+            decoded = cache.get(split, splits[split], config.image_size, config.max_pixels)
+            assert isinstance(decoded.images, np.memmap) == (where == 'disk')
+            for epoch in (0, 1):
+              assert_batches_equal(train_dataset(splits[split], config, epoch),
+                                   train_dataset(splits[split], config, epoch, decoded))
+            assert_batches_equal(eval_dataset(splits[split], config),
+                                 eval_dataset(splits[split], config, decoded))
+          if where == 'disk':
+            assert len(list((tmp_path / 'cache' / name).glob('*.process0.npy'))) == 2
+            cache.remove_files()
+            assert not list((tmp_path / 'cache' / name).iterdir()) and not cache.held
+
+
+def assert_batches_equal(expected: tf.data.Dataset, actual: tf.data.Dataset):
+  expected, actual = list(expected.as_numpy_iterator()), list(actual.as_numpy_iterator())
+  assert len(expected) == len(actual) > 0
+  for a, b in zip(expected, actual):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_the_image_cache_goes_to_disk_above_its_memory_limit(tmp_path):
+  """'auto' keeps splits in memory while they fit under the limit, then in files."""
+  splits = folder_splits(make_folder(tmp_path / 'data', per_class=7))
+  image_size = 16  # 3 KB per image: the train split's 14 take 43 KB
+  cache = ImageCache('auto', limit_gb=60e3 / 2**30, folder=tmp_path / 'cache')
+  train = cache.get('train', splits['train'], image_size, 10**8)
+  validation = cache.get('validation', splits['validation'], image_size, 10**8)
+  assert not isinstance(train.images, np.memmap) and isinstance(validation.images, np.memmap)
+  assert cache.get('train', splits['train'], image_size, 10**8) is train  # decoded once
+  np.testing.assert_array_equal(validation.labels, [0] * 7 + [1] * 7)
+  assert ImageCache('none').get('train', splits['train'], image_size, 10**8) is None

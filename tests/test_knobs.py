@@ -228,7 +228,8 @@ def test_example_group_configs_cover_every_layer_once(tiny_model):
 TRACKED = {'phases.fine_tune.epochs': 3, 'phases.fine_tune.optimizer': 'adam',
            'phases.fine_tune.learning_rate': 0.01, 'phases.fine_tune.fine_tune_at': 0,
            'phases.fine_tune.schedule.name': 'warmup_cosine',
-           'phases.fine_tune.schedule.warmup_epochs': 1.0, 'checkpoints_to_keep': 1}
+           'phases.fine_tune.schedule.warmup_epochs': 1.0, 'checkpoints_to_keep': 1,
+           'seed': 2}  # a seed whose run has its best val_loss at epoch 3 (of 4), which tests need
 STEPS_PER_EPOCH = 6  # 24 training images in batches of 4
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runs import ROOT, free_port, overrides, run_main
+from runs import ROOT, TINY, free_port, run_main
 from tlflax import optim, param_groups
 from tlflax.config import phase
 from tlflax.classifier import Classifier, backbone_layers, init_variables
@@ -132,26 +132,44 @@ def final_variables(workdir):
 NO_AUGMENTATION = ['--config.data.flip=False', '--config.data.rotation_factor=0']
 
 
-def test_four_local_devices_train_like_one(tiny_run, tmp_path):
+ON_CPU_ONLY = pytest.mark.skipif(
+    jax.default_backend() != 'cpu', reason='compares an in-process run with runs forced onto the '
+    'CPU (JAX_PLATFORMS=cpu) within 1e-5; here JAX runs on another platform')
+
+
+@ON_CPU_ONLY
+def test_four_local_devices_train_like_one(tiny_run, run_on_images, tmp_path):
   """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does, on
   images and on cached activations (without augmentation, which tf.data applies per example
-  before the batch is split, so the device count cannot change it)."""
-  flags = overrides(tiny_run) + NO_AUGMENTATION
-  runs = {}
-  for devices, cached in ((1, False), (4, False), (4, True)):
-    workdir = tmp_path / f'{devices}{"_cached" * cached}'
-    code, output = run_main(workdir, flags + [f'--config.compute.cache_frozen={cached}'], env={
-        'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'})
+  before the batch is split, so the device count cannot change it).
+
+  Also `compute.compilation_cache_dir`: the first run fills the folder it names; the second, with
+  'none', leaves `$JAX_COMPILATION_CACHE_DIR` empty. And the first keeps its decoded images on
+  disk (`compute.image_cache=disk`), whose files are gone when it ends."""
+  settings = {**TINY, 'data.folder': tiny_run.data.folder, 'model.weights': tiny_run.model.weights}
+  flags = [f'--config.{key}={value}' for key, value in settings.items()] + NO_AUGMENTATION
+  one = [e['loss'] for e in run_on_images.history['epochs']]
+  caches = {False: tmp_path / 'named_cache', True: 'none'}
+  environment_cache = tmp_path / 'environment_cache'
+  environment_cache.mkdir()
+  for cached in (False, True):
+    workdir = tmp_path / f'4{"_cached" * cached}'
+    code, output = run_main(workdir, flags + [
+        f'--config.compute.cache_frozen={cached}',
+        f'--config.compute.compilation_cache_dir={caches[cached]}',
+        f'--config.compute.image_cache={"none" if cached else "disk"}'], env={
+            'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu',
+            'JAX_COMPILATION_CACHE_DIR': str(environment_cache)})
     assert code == 0, output[-3000:]
-    assert f'JAX on cpu (cpu): {devices} devices, 1 processes, {4 // devices} images per' in output
+    assert 'JAX on cpu (cpu): 4 devices, 1 processes, 1 images per' in output
     assert ('Cached activations at backbone layer 101' in output) == cached
-    runs[workdir.name] = workdir
-  one = json.loads((runs['1'] / 'history.json').read_text())
-  for name in ('4', '4_cached'):
-    assert_trees_close(final_variables(runs['1']), final_variables(runs[name]), atol=1e-5)
-    four = json.loads((runs[name] / 'history.json').read_text())
-    assert [e['loss'] for e in one['epochs']] == pytest.approx(
-        [e['loss'] for e in four['epochs']], abs=1e-5)
+    assert ('Decoded the train split' in output) != cached
+    assert not list(workdir.glob('image_cache/*.npy'))
+    assert_trees_close(run_on_images.variables, final_variables(workdir), atol=1e-5)
+    four = json.loads((workdir / 'history.json').read_text())
+    assert one == pytest.approx([e['loss'] for e in four['epochs']], abs=1e-5)
+  assert len(list(caches[False].iterdir())) >= 2  # at least the two phases' train steps
+  assert not list(environment_cache.iterdir())
 
 
 WORKER = '''
@@ -181,6 +199,7 @@ def run_two_processes(config, workdir):
   return [np.load(workdir / f'params_{i}.npz') for i in range(2)]
 
 
+@ON_CPU_ONLY
 def test_two_processes_train_like_one(tiny_run, tmp_path):
   """`jax.distributed` on 127.0.0.1: two CPU processes, each reading its half of the data, train
   the whole recipe (checkpoints included), on images and on cached activations, and end with the

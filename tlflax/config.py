@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from tlflax import devices, objectives, optim, param_groups
 from tlflax.checkpoints import BEST_METRICS
-from tlflax.data import augment, sources
+from tlflax.data import augment, image_cache, sources
 from tlflax.errors import ConfigError
 from tlflax.models.depthwise import check_implementation
 from tlflax.weights.download import KERAS_ALPHAS
@@ -88,7 +88,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.data.image_feature = ''  # TFDS feature names; empty: from the dataset's info
   config.data.label_feature = ''
   config.data.data_dir = ''  # empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
-  config.data.shuffle_buffer = 1000
+  config.data.shuffle_buffer = 1000  # TFDS: records permuted in runs of this many (folders: all)
   config.data.flip = True
   config.data.rotation_factor = 0.2
   # More augmentation: registered ops run after flip and rotation (`tlflax.data.augment`).
@@ -103,12 +103,20 @@ def defaults() -> ml_collections.ConfigDict:
   config.compute.cache_frozen = False
   config.compute.cache_limit_gb = 8.0  # per process; above it a phase trains on images instead
   config.compute.prefetch = 2  # batches put on the devices ahead of the step
+  # Training and validation images decoded and resized once, so that later epochs only augment:
+  # 'auto' keeps them in memory up to image_cache_limit_gb (per process), then in files in
+  # WORKDIR/image_cache; or 'memory', 'disk', 'none' (decode every epoch).
+  config.compute.image_cache = 'auto'
+  config.compute.image_cache_limit_gb = 4.0
   # '' runs on whatever JAX has; 'cpu', 'gpu' or 'tpu' refuses to run anywhere else.
   config.compute.platform = ''
   # float32 matmuls and convolutions: 'default' lets GPUs use TF32 (on an H200 it moved the real
   # backbone's pooled features by up to 3.5e-2) and TPUs bfloat16 passes; 'highest' computes in
   # full float32 ('high': 3 bfloat16 passes on TPUs).
   config.compute.matmul_precision = 'default'
+  # JAX's persistent compilation cache: a later run of the same programs skips their compilation.
+  # 'auto': $JAX_COMPILATION_CACHE_DIR, else ~/.cache/tlflax/jax; 'none': off; or a folder.
+  config.compute.compilation_cache_dir = 'auto'
 
   config.phases = ml_collections.ConfigDict()
   config.phases.feature_extraction = phase(10, 'adam', 1e-4)
@@ -197,6 +205,12 @@ def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Se
       (0 <= config.loss.label_smoothing < 1, 'loss.label_smoothing must be in [0, 1)'),
       (config.compute.dtype in DTYPES, f'compute.dtype must be one of {DTYPES}'),
       (config.compute.prefetch >= 1, 'compute.prefetch must be >= 1'),
+      (config.compute.image_cache in image_cache.MODES,
+       f'compute.image_cache must be one of {image_cache.MODES}, got '
+       f'{config.compute.image_cache!r}'),
+      (config.compute.image_cache_limit_gb >= 0, 'compute.image_cache_limit_gb must be >= 0'),
+      (bool(config.compute.compilation_cache_dir),
+       "compute.compilation_cache_dir must be 'auto', 'none' or a folder"),
       (config.compute.platform in devices.PLATFORMS,
        f'compute.platform must be one of {devices.PLATFORMS}, got {config.compute.platform!r}'),
       (config.compute.matmul_precision in devices.MATMUL_PRECISIONS,
@@ -286,7 +300,8 @@ def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Seq
 # computes from here on (the weights file is read only at the start; cached activations give
 # the result of training on images).
 RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
-               'compute.cache_frozen', 'compute.platform', 'model.weights')
+               'compute.cache_frozen', 'compute.platform', 'compute.compilation_cache_dir',
+               'compute.image_cache', 'compute.image_cache_limit_gb', 'model.weights')
 
 
 def flat(tree: dict, prefix: str = '') -> dict:
@@ -301,7 +316,8 @@ def flat(tree: dict, prefix: str = '') -> dict:
 
 
 # Settings that do not change what the first phase computes, or that only later phases read.
-_NOT_FIRST_PHASE = ('checkpoints_to_keep', 'compute.prefetch', 'phase_order', 'phases.')
+_NOT_FIRST_PHASE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.compilation_cache_dir',
+                    'compute.image_cache', 'phase_order', 'phases.')
 
 
 def first_phase_settings(config_json: dict) -> dict:

@@ -1,9 +1,13 @@
 """What a run computes on: the JAX platform and devices (logged, and checked against
-`compute.platform`), the float32 matmul precision (`compute.matmul_precision`), and a warning when
-an NVIDIA GPU sits idle because JAX was installed for CPUs only."""
+`compute.platform`), the float32 matmul precision (`compute.matmul_precision`), where compiled
+programs are kept between runs (`compute.compilation_cache_dir`), and a warning when an NVIDIA GPU
+sits idle because JAX was installed for CPUs only."""
 import importlib.metadata
+import os
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Optional
 
 import jax
 from absl import logging
@@ -65,10 +69,35 @@ def _installed(package: str) -> bool:
   return True
 
 
+def compilation_cache_dir(setting: str) -> Optional[Path]:
+  """The folder for JAX's persistent compilation cache: `setting`, or for 'auto'
+  `$JAX_COMPILATION_CACHE_DIR`, else `tlflax/jax` in the user's cache directory
+  (`$XDG_CACHE_HOME`, default `~/.cache`); None for 'none'."""
+  if setting == 'none':
+    return None
+  if setting != 'auto':
+    return Path(setting).expanduser()
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return Path(os.environ['JAX_COMPILATION_CACHE_DIR'])
+  return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'tlflax' / 'jax'
+
+
+def _use_compilation_cache(setting: str):
+  folder = compilation_cache_dir(setting)
+  if folder is not None:
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f'compute.compilation_cache_dir: cannot create {folder} ({e}); name '
+                        "another folder or 'none'") from e
+  jax.config.update('jax_compilation_cache_dir', None if folder is None else str(folder))
+
+
 def prepare(compute, batch_size: int, enforce_platform: bool = True):
   """Checks the platform against `compute.platform` (if `enforce_platform`: training, not the
-  use of a trained model elsewhere), sets `compute.matmul_precision`, logs `describe`, and warns
-  when JAX runs on CPUs beside an NVIDIA GPU (`idle_gpu_warning`)."""
+  use of a trained model elsewhere), sets `compute.matmul_precision` and the compilation cache,
+  logs `describe`, and warns when JAX runs on CPUs beside an NVIDIA GPU
+  (`idle_gpu_warning`)."""
   platform = jax.default_backend()
   if enforce_platform and compute.platform and platform != compute.platform:
     raise ConfigError(f'compute.platform={compute.platform}, but JAX runs on {platform} '
@@ -79,4 +108,6 @@ def prepare(compute, batch_size: int, enforce_platform: bool = True):
     logging.warning(warning)
   jax.config.update('jax_default_matmul_precision',  # None: JAX's own default, as if unset
                     None if compute.matmul_precision == 'default' else compute.matmul_precision)
-  logging.info('%s; float32 matmul precision %s', describe(batch_size), compute.matmul_precision)
+  _use_compilation_cache(compute.compilation_cache_dir)
+  logging.info('%s; float32 matmul precision %s; compilation cache %s', describe(batch_size),
+               compute.matmul_precision, compilation_cache_dir(compute.compilation_cache_dir))

@@ -11,12 +11,11 @@ probability).
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from jax.experimental import multihost_utils
 from sklearn import metrics as sk_metrics
 
 from tlflax import plots
-from tlflax.data import transforms
+from tlflax.data import sources
 from tlflax.objectives import TOP_K, Objective
 from tlflax.reports import write_json
 
@@ -73,20 +72,6 @@ def per_class_report(objective: Objective, logits: np.ndarray, labels: np.ndarra
   return report
 
 
-def images_at(source, indices, image_size: int, max_pixels: int) -> dict[int, np.ndarray]:
-  """{index: uint8 (size, size, 3) image} for the examples of `source` at `indices`, as exported
-  models take them (`transforms.exported_model_input`)."""
-  if not len(indices):
-    return {}
-  wanted = tf.constant(sorted(indices), tf.int64)
-  found = (source.records.enumerate()  # only the wanted examples are read
-           .filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
-           .map(lambda i, record: (i, transforms.exported_model_input(
-               source.read(record)['image'], image_size, max_pixels)),
-                num_parallel_calls=tf.data.AUTOTUNE))
-  return {int(i): image for i, image in found.as_numpy_iterator()}
-
-
 def evaluate_split(feed, variables: dict, split: str) -> dict:
   """The per-class report of `split` through `feed` (an `ImageFeed`)."""
   logits, labels = collect_logits(feed.logits_step, variables, feed.evaluation(split))
@@ -102,7 +87,7 @@ def write_report(report: dict, feed, split: str, out_dir: Path):
                          f'{split}: confusion matrix ({report["count"]} examples)',
                          out_dir / f'{split}_confusion.png')
   mistakes = report['most_confident_mistakes']
-  images = images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
+  images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
                      feed.config.max_pixels)
   plots.image_gallery([images[m['index']] for m in mistakes],
                       [f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"

@@ -12,7 +12,7 @@ training on images, minus the frozen part's cost.
 """
 import functools
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import jax
 import numpy as np
@@ -20,6 +20,7 @@ from absl import logging
 
 from tlflax import parallel
 from tlflax.classifier import Classifier
+from tlflax.data.image_cache import DecodedImages, ImageCache
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset, train_steps)
 from tlflax.data.sources import Source
@@ -27,13 +28,19 @@ from tlflax.objectives import Objective
 from tlflax.steps import make_eval_step, make_logits_step
 
 
+CACHED_SPLITS = ('train', 'validation')  # read every epoch; the test split is read once
+
+
 class ImageFeed:
-  """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps."""
+  """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps; the
+  training and validation images decoded once where `image_cache` keeps them."""
   input_key = 'image'
 
   def __init__(self, model: Classifier, objective: Objective, splits: dict[str, Source],
-               config: PipelineConfig, mesh, prefetch: int = 2):
+               config: PipelineConfig, mesh, prefetch: int = 2,
+               image_cache: Optional[ImageCache] = None):
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
+    self.image_cache = image_cache or ImageCache()
     self.apply_fn, self.objective = model.apply, objective
     self.eval_step = make_eval_step(self.apply_fn, objective, mesh, self.input_key)
     self.logits_step = make_logits_step(self.apply_fn, mesh, self.input_key)
@@ -49,12 +56,20 @@ class ImageFeed:
     """NumPy batches as global arrays split over the mesh, `prefetch` batches ahead."""
     return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
 
+  def decoded(self, split: str) -> Optional[DecodedImages]:
+    """The split's images from `image_cache`, for the splits read every epoch."""
+    if split not in CACHED_SPLITS:
+      return None
+    return self.image_cache.get(split, self.splits[split], self.config.image_size,
+                                self.config.max_pixels)
+
   def train(self, epoch: int) -> Iterator[dict]:
-    return self.to_devices(train_dataset(self.splits['train'], self.config, epoch)
-                           .as_numpy_iterator())
+    return self.to_devices(train_dataset(self.splits['train'], self.config, epoch,
+                                         self.decoded('train')).as_numpy_iterator())
 
   def evaluation(self, split: str) -> Iterator[dict]:
-    return self.to_devices(eval_dataset(self.splits[split], self.config).as_numpy_iterator())
+    return self.to_devices(eval_dataset(self.splits[split], self.config, self.decoded(split))
+                           .as_numpy_iterator())
 
 
 def cache_bytes(model: Classifier, variables, image_size: int, boundary: int,

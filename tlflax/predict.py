@@ -21,6 +21,7 @@ from absl import logging
 from tlflax import parallel
 from tlflax.data import transforms
 from tlflax.data.folders import IMAGE_EXTENSIONS, too_large
+from tlflax.data.pipeline import without_autotuning
 from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
 from tlflax.train import check_config, restore_for_inference
@@ -64,12 +65,8 @@ def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare)
              .ignore_errors()
              .batch(batch_size)
              .prefetch(2))
-  # tf.data's autotuning made every other 2000-image run 1.7x slower here (2 CPU cores; the
-  # stall came at the end of the input). Without it the map uses one thread per core.
-  options = tf.data.Options()
-  options.autotune.enabled = False
   expected = 0
-  for indices, images in batches.with_options(options).as_numpy_iterator():
+  for indices, images in without_autotuning(batches).as_numpy_iterator():
     for skipped in range(expected, indices[-1]):
       if skipped not in indices:
         logging.warning('skipped %s: not a readable image', printable(small[skipped]))

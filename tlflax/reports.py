@@ -8,7 +8,7 @@ import numpy as np
 from flax import serialization
 
 from tlflax import plots
-from tlflax.data import transforms
+from tlflax.data import sources, transforms
 
 
 def write_atomically(path: Path, content: bytes):
@@ -30,12 +30,12 @@ def write_reports(run, history: dict, variables: dict):
   write_atomically(run.workdir / 'final_variables.msgpack', serialization.to_bytes(variables))
   if history['epochs']:
     plots.learning_curves(history, run.workdir / 'learning_curves.png')
-  # the tutorial's 3x3 grid, from a seeded shuffle of the test split (which is in class order)
-  config = run.image_feed.config
-  test = run.splits['test']
-  images = (test.records.shuffle(1000, seed=run.config.seed).take(9).map(test.read)
-            .map(lambda x: transforms.preprocess(x['image'], config.image_size, config.max_pixels)))
-  images = np.stack(list(images.as_numpy_iterator()))
+  # the tutorial's 3x3 grid, of test images chosen by seed (the split may be in class order)
+  test, config = run.splits['test'], run.image_feed.config
+  chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
+  found = sources.images_at(test, chosen, config.image_size, config.max_pixels,
+                               prepare=transforms.preprocess)
+  images = np.stack([found[i] for i in chosen])
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, images)))
   plots.prediction_grid(images, [run.class_names[i] for i in probabilities.argmax(1)],

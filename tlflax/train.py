@@ -44,12 +44,15 @@ from tlflax import tracking
 from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
+from tlflax.data.image_cache import ImageCache
 from tlflax.data.pipeline import PipelineConfig
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
 from tlflax.steps import TrainState, make_train_step
+
+IMAGE_CACHE_FOLDER = 'image_cache'  # in the workdir: decoded images above the memory limit
 
 
 def make_model(config, objective: Objective) -> Classifier:
@@ -162,9 +165,15 @@ class Run:
     model = make_model(config, objective)
     logging.info('%d classes %s: %s head, %d outputs', len(class_names), class_names,
                  'sigmoid' if objective.sigmoid else 'softmax', objective.outputs)
+    # with cached activations, training needs no images: 'auto' keeps none
+    mode = ('none' if config.compute.cache_frozen and config.compute.image_cache == 'auto'
+            else config.compute.image_cache)
+    image_cache = ImageCache(mode, config.compute.image_cache_limit_gb,
+                             workdir / IMAGE_CACHE_FOLDER)
+    image_cache.remove_files()  # a crashed run's
     return cls(config, workdir, allow_config_change, mesh, splits, class_names, objective, model,
                feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
-                               config.compute.prefetch),
+                               config.compute.prefetch, image_cache),
                abstract_variables(model, config.image_size),
                checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
                                            parallel.replicated(mesh), config.best_metric),
@@ -198,6 +207,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   fresh run starts after it."""
   check_config(config)
   run = Run.create(config, workdir, allow_config_change)
+  try:
+    return _train_and_evaluate(run, first_phase_from)
+  finally:  # decoded images on disk go, also when the run fails
+    run.image_feed.image_cache.remove_files()
+
+
+def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
   run.check_warmups()
   position = resume.restore_or_initialize(run, first_phase_from)
   if run.primary:  # a start that the workdir's run accepted
@@ -209,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                                    'val_accuracy': initial['accuracy']}
     logging.info('Before training: val_loss %.4f, val_accuracy %.4f', initial['loss'],
                  initial['accuracy'])
-  for phase in phase_plan(config):
+  for phase in phase_plan(run.config):
     if position.epoch < phase.last_epoch:
       position = _run_phase(run, phase, position)
   run.checkpoints.close()

@@ -17,7 +17,7 @@ devices of a mesh; `prefetch_to_devices` does so ahead of the steps.
 """
 import collections
 import dataclasses
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -26,6 +26,7 @@ import tensorflow as tf
 from tlflax.data import augment as augmentation
 from tlflax.data import transforms
 from tlflax.data.folders import DataError
+from tlflax.data.image_cache import DecodedImages
 from tlflax.data.sources import Source, process_range
 
 
@@ -40,6 +41,15 @@ class PipelineConfig:
   seed: int = 0
   max_pixels: int = 50_000_000  # larger JPEGs are decoded at reduced scale (`decode_rgb`)
   augment_ops: str = ''  # registered ops after flip and rotation (`tlflax.data.augment`)
+
+
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset` with tf.data's autotuning off (parallel maps use one thread per core). On 2 CPU
+  cores its end of input stalled for 0.4 to 4.6 s in about half of the training epochs (measured
+  by timing the iterator), which halved those epochs' images/s."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 def _local_batch_size(batch_size: int) -> int:
@@ -75,34 +85,58 @@ def _shard_size(source: Source) -> int:
   return end - start
 
 
-def _shuffled(dataset: tf.data.Dataset, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
-  """The epoch's order. It depends only on (seed, epoch, process) and the dataset's length, not on
-  its elements, so `epoch_indices` gives the same order as `train_dataset`."""
-  return dataset.shuffle(config.shuffle_buffer, seed=_epoch_seed(config.seed, epoch),
-                         reshuffle_each_iteration=False)
+def _shuffle_block(source: Source, config: PipelineConfig) -> int:
+  """An image folder's epoch permutes all of this process's files (they are sorted by class); a
+  TFDS split's, each run of `shuffle_buffer` records (TFDS stores examples shuffled)."""
+  return max(1, _shard_size(source) if source.small_records else config.shuffle_buffer)
 
 
-def train_dataset(source: Source, config: PipelineConfig, epoch: int) -> tf.data.Dataset:
-  """One training epoch of this process's shard: shuffled, augmented, full batches only."""
+def _shuffled(dataset: tf.data.Dataset, block: int, epoch_seed: int) -> tf.data.Dataset:
+  """The epoch's order: each run of `block` consecutive elements permuted by stateless random
+  ops seeded with (`epoch_seed`, the run's position). It depends on nothing else (not on
+  TensorFlow's global seed, unlike `Dataset.shuffle`), so `epoch_indices` gives the order of
+  `train_dataset`."""
+  def permute(run: tf.Tensor, elements) -> tf.data.Dataset:
+    size = tf.shape(tf.nest.flatten(elements)[0])[0]
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(size), seed=tf.stack([tf.constant(epoch_seed, tf.int64), run]))
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda x: tf.gather(x, order), elements))
+  return dataset.batch(block).enumerate().flat_map(permute)
+
+
+def train_dataset(source: Source, config: PipelineConfig, epoch: int,
+                  images: Optional[DecodedImages] = None) -> tf.data.Dataset:
+  """One training epoch of this process's shard: shuffled, augmented, full batches only. With
+  `images` (the shard decoded once, `image_cache`) it looks images up instead of decoding them,
+  and gives the same batches."""
   local_batch = _local_batch_size(config.batch_size)
   steps = train_steps(source, config)
   epoch_seed = _epoch_seed(config.seed, epoch)
+  block = _shuffle_block(source, config)
   augment = augmentation.chain(config.flip, config.rotation_factor, config.augment_ops)
 
-  def transform(index, example):
-    image = transforms.resize(transforms.decode_rgb(example['image'], config.max_pixels),
-                              config.image_size)
-    seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-    image = augment(image, seed)
-    return {'image': transforms.scale_to_unit_range(image), 'label': example['label'],
-            'mask': tf.constant(True)}
+  if images is None:
+    def decoded(index, record):
+      example = source.read(record)
+      return index, {'image': transforms.resize(
+          transforms.decode_rgb(example['image'], config.max_pixels), config.image_size),
+                     'label': example['label']}
+    examples = _shuffled(source.process_records().enumerate(), block, epoch_seed).map(
+        decoded, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    examples = _shuffled(tf.data.Dataset.range(len(images.labels)), block, epoch_seed).map(
+        lambda index: (index, images.lookup(index)), num_parallel_calls=tf.data.AUTOTUNE)
 
-  return (_shuffled(source.process_shard().enumerate(),
-                    config, epoch)
-          .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(local_batch, drop_remainder=True)
-          .take(steps)
-          .prefetch(tf.data.AUTOTUNE))
+  def augmented(index, example):
+    seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+    return {'image': transforms.scale_to_unit_range(augment(example['image'], seed)),
+            'label': example['label'], 'mask': tf.constant(True)}
+
+  return without_autotuning(examples.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+                            .batch(local_batch, drop_remainder=True)
+                            .take(steps)
+                            .prefetch(tf.data.AUTOTUNE))
 
 
 def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndarray:
@@ -110,7 +144,8 @@ def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndar
   epoch, for training on cached per-example activations instead of images."""
   local_batch = _local_batch_size(config.batch_size)
   steps = train_steps(source, config)
-  order = _shuffled(tf.data.Dataset.range(_shard_size(source)), config, epoch)
+  order = _shuffled(tf.data.Dataset.range(_shard_size(source)), _shuffle_block(source, config),
+                    _epoch_seed(config.seed, epoch))
   return np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64).reshape(
       steps, local_batch)
 
@@ -122,28 +157,36 @@ def eval_indices(source: Source, config: PipelineConfig) -> np.ndarray:
   return np.arange(eval_steps(source, config) * local_batch).reshape(-1, local_batch)
 
 
-def eval_dataset(source: Source, config: PipelineConfig) -> tf.data.Dataset:
+def eval_dataset(source: Source, config: PipelineConfig,
+                 images: Optional[DecodedImages] = None) -> tf.data.Dataset:
   """This process's shard once, in order, padded to whole batches (`mask` False on padding).
-  `index` is each example's position in the whole split (-1 on padding)."""
+  `index` is each example's position in the whole split (-1 on padding). With `images` (the
+  shard decoded once, `image_cache`) it looks images up instead of decoding them."""
   local_batch = _local_batch_size(config.batch_size)
   size = config.image_size
   first, _ = process_range(source.num_examples)
 
-  def transform(position, example):
-    return {'image': transforms.preprocess(example['image'], size, config.max_pixels),
-            'label': example['label'],
-            'mask': tf.constant(True),
+  if images is None:
+    examples = source.process_shard().map(
+        lambda x: {'image': transforms.preprocess(x['image'], size, config.max_pixels),
+                   'label': x['label']}, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    examples = tf.data.Dataset.range(len(images.labels)).map(
+        lambda index: images.lookup(index), num_parallel_calls=tf.data.AUTOTUNE).map(
+            lambda x: {'image': transforms.scale_to_unit_range(x['image']), 'label': x['label']})
+
+  def numbered(position, example):
+    return {**example, 'mask': tf.constant(True),
             'index': tf.cast(first + position, tf.int32)}
 
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False), 'index': tf.constant(-1, tf.int32)}).repeat(
           eval_steps(source, config) * local_batch - _shard_size(source))
-  return (source.process_shard().enumerate()
-          .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-          .concatenate(padding)
-          .batch(local_batch, drop_remainder=True)
-          .prefetch(tf.data.AUTOTUNE))
+  return without_autotuning(examples.enumerate().map(numbered)
+                            .concatenate(padding)
+                            .batch(local_batch, drop_remainder=True)
+                            .prefetch(tf.data.AUTOTUNE))
 
 
 def global_batch(batch: dict, sharding: jax.sharding.Sharding) -> dict:

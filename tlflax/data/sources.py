@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tlflax.data import carving, folders
+from tlflax.data import carving, folders, transforms
 from tlflax.errors import DataError
 
 # Fixed slices of TFDS `train`, as the tutorials take them from `cats_vs_dogs` (its only split);
@@ -63,9 +63,10 @@ def gather_shards(local: np.ndarray, num_examples: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One split: `records_between(start, end)` gives the records at those split positions and
-  reads no others; `read` turns a record into {'image': encoded bytes, 'label': int32}. Also its
-  size, the dataset's class names and the split's number of examples of each class.
+  """One split: `records_between(start, end)` gives the records at those split positions (reading
+  no others, except between the first and last of a carved TFDS split's); `read` turns a record
+  into {'image': encoded bytes, 'label': int32}. Also its size, the dataset's class names and the
+  split's number of examples of each class.
 
   An image folder's records are file names (opened only by `read`); a TFDS split's are its
   examples, read through a TFDS slice of just those positions. So a process that takes its shard
@@ -75,6 +76,7 @@ class Source:
   class_names: tuple[str, ...]
   class_counts: tuple[int, ...]
   read: Callable[[dict], dict] = _read_nothing
+  small_records: bool = False  # file names: a whole shard of them fits in memory
 
   @property
   def records(self) -> tf.data.Dataset:
@@ -86,10 +88,13 @@ class Source:
     """Every example of the split, read."""
     return self.records.map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
 
+  def process_records(self) -> tf.data.Dataset:
+    """This process's records (its `process_range`), the only ones it reads."""
+    return self.records_between(*process_range(self.num_examples))
+
   def process_shard(self) -> tf.data.Dataset:
-    """This process's examples (its `process_range`), the only ones it reads."""
-    return (self.records_between(*process_range(self.num_examples))
-            .map(self.read, num_parallel_calls=tf.data.AUTOTUNE))
+    """This process's examples, read."""
+    return self.process_records().map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _slicer(records: tf.data.Dataset) -> Callable[[int, int], tf.data.Dataset]:
@@ -97,7 +102,23 @@ def _slicer(records: tf.data.Dataset) -> Callable[[int, int], tf.data.Dataset]:
   return lambda start, end: records.skip(start).take(end - start)
 
 
-def _source(records_between, labels, class_names, what: str = '', read=_read_nothing) -> Source:
+def images_at(source, indices, image_size: int, max_pixels: int,
+              prepare=transforms.exported_model_input) -> dict[int, np.ndarray]:
+  """{index: `prepare(encoded image, image_size, max_pixels)`} for the examples of `source` at
+  `indices`; by default uint8 (size, size, 3) images, as exported models take them."""
+  if not len(indices):
+    return {}
+  wanted = tf.constant(sorted(indices), tf.int64)
+  found = (source.records.enumerate()  # only the wanted examples are read
+           .filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
+           .map(lambda i, record: (i, prepare(source.read(record)['image'], image_size,
+                                              max_pixels)),
+                num_parallel_calls=tf.data.AUTOTUNE))
+  return {int(i): image for i, image in found.as_numpy_iterator()}
+
+
+def _source(records_between, labels, class_names, what: str = '', read=_read_nothing,
+            small_records: bool = False) -> Source:
   labels = np.asarray(labels, np.int64)
   outside = labels[(labels < 0) | (labels >= len(class_names))]
   if outside.size:
@@ -105,7 +126,7 @@ def _source(records_between, labels, class_names, what: str = '', read=_read_not
                     f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
   counts = np.bincount(labels, minlength=len(class_names))
   return Source(records_between, len(labels), tuple(class_names), tuple(int(c) for c in counts),
-                read)
+                read, small_records)
 
 
 def check_split_scheme(name: str):
@@ -157,8 +178,11 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
   class_names = tuple(builder.info.features[label_key].names)
 
   def read(split: str) -> tf.data.Dataset:
+    # files one after another, so that the n-th example read is the one at position n, which
+    # slices ('train[a:b]') count in (TFDS interleaves 16 files by default)
     dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                 decoders={image_key: tfds.decode.SkipDecoding()})
+                                 decoders={image_key: tfds.decode.SkipDecoding()},
+                                 read_config=tfds.ReadConfig(interleave_cycle_length=1))
     return dataset.map(lambda x: {'image': x[image_key],
                                   'label': tf.cast(x[label_key], tf.int32)})
 
@@ -244,7 +268,8 @@ def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str
     records = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
         {'image': [os.fsencode(p) for p in split.paths],
          'label': tf.constant(split.labels, tf.int32)})
-    return _source(_slicer(records), split.labels, class_names, read=_read_file)
+    return _source(_slicer(records), split.labels, class_names, read=_read_file,
+                   small_records=True)
 
   return {split: source(split_files) for split, split_files in files.items()}
 

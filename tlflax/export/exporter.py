@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from tlflax import evaluation, parallel, reports, tracking
+from tlflax import parallel, reports, tracking
+from tlflax.data import sources
 from tlflax.errors import ConfigError, ExportError
 from tlflax.export import keras_model, saved_model, tflite
 from tlflax.train import check_config, load_splits, restore_for_inference
@@ -51,7 +52,7 @@ def training_images(config, count: int) -> np.ndarray:
   that order, as exported models take them: uint8 (n, size, size, 3)."""
   source = load_splits(config)['train']
   chosen = np.random.default_rng(config.seed).permutation(source.num_examples)[:count]
-  found = evaluation.images_at(source, chosen, config.image_size, config.data.max_pixels)
+  found = sources.images_at(source, chosen, config.image_size, config.data.max_pixels)
   return np.stack([found[i] for i in chosen])
 
 

@@ -24,7 +24,9 @@ from tlflax.sweep import trials as trials_lib
 
 SHARED = '_shared'
 # Settings a trial's folder may have been run with otherwise: they do not change its results.
-RESULT_NEUTRAL = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb')
+RESULT_NEUTRAL = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
+                  'compute.compilation_cache_dir', 'compute.image_cache',
+                  'compute.image_cache_limit_gb')
 
 
 @dataclasses.dataclass
