@@ -232,13 +232,11 @@ def tlflax_predict_command(workdir: Path) -> list[str]:
 def timed_prediction(name: str, workdir: Path) -> dict:
   """A prediction process over the mini set, timed from its start to its end."""
   if name == 'tlflax':
-    command, env = tlflax_predict_command(workdir), dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    command = tlflax_predict_command(workdir)
   else:
     command = [sys.executable, __file__, '--worker=keras-predict', f'--workdir={workdir}']
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', KERAS_BACKEND='tensorflow',
-               XLA_FLAGS=xla_flags.with_flags(os.environ.get('XLA_FLAGS', ''), XLA_DEFAULTS))
   start = time.perf_counter()
-  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+  result = subprocess.run(command, env=worker_env(name), cwd=ROOT, capture_output=True, text=True)
   wall = time.perf_counter() - start
   if result.returncode:
     raise RuntimeError(f'{name} prediction failed:\n{result.stdout[-3000:]}\n'
@@ -264,11 +262,17 @@ def worker(name: str, workdir: Path):
   print('RESULT ' + json.dumps({'phases': phases, 'peak_rss_mb': peak_rss_mb()}))
 
 
-def run_worker(name: str, workdir: Path) -> dict:
+def worker_env(name: str) -> dict:
+  """The environment of a worker process for run `name`."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
              KERAS_BACKEND='jax' if name == 'keras-jax' else 'tensorflow')
   if name.startswith('keras'):  # XLA's defaults, not the flags importing tlflax would add
     env['XLA_FLAGS'] = xla_flags.with_flags(env.get('XLA_FLAGS', ''), XLA_DEFAULTS)
+  return env
+
+
+def run_worker(name: str, workdir: Path) -> dict:
+  env = worker_env(name)
   command = [sys.executable, __file__, f'--worker={name}', f'--workdir={workdir}',
              f'--epochs={FLAGS.epochs}', f'--train_images={FLAGS.train_images}',
              f'--val_images={FLAGS.val_images}']

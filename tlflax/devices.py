@@ -82,7 +82,8 @@ def compilation_cache_dir(setting: str) -> Optional[Path]:
   return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'tlflax' / 'jax'
 
 
-def _use_compilation_cache(setting: str):
+def _use_compilation_cache(setting: str) -> Optional[Path]:
+  """Points JAX's persistent compilation cache at `compilation_cache_dir(setting)`; returns it."""
   folder = compilation_cache_dir(setting)
   if folder is not None:
     try:
@@ -91,6 +92,7 @@ def _use_compilation_cache(setting: str):
       raise ConfigError(f'compute.compilation_cache_dir: cannot create {folder} ({e}); name '
                         "another folder or 'none'") from e
   jax.config.update('jax_compilation_cache_dir', None if folder is None else str(folder))
+  return folder
 
 
 def prepare(compute, batch_size: int, enforce_platform: bool = True):
@@ -108,6 +110,6 @@ def prepare(compute, batch_size: int, enforce_platform: bool = True):
     logging.warning(warning)
   jax.config.update('jax_default_matmul_precision',  # None: JAX's own default, as if unset
                     None if compute.matmul_precision == 'default' else compute.matmul_precision)
-  _use_compilation_cache(compute.compilation_cache_dir)
+  cache = _use_compilation_cache(compute.compilation_cache_dir)
   logging.info('%s; float32 matmul precision %s; compilation cache %s', describe(batch_size),
-               compute.matmul_precision, compilation_cache_dir(compute.compilation_cache_dir))
+               compute.matmul_precision, cache)

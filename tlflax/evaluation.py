@@ -88,7 +88,7 @@ def write_report(report: dict, feed, split: str, out_dir: Path):
                          out_dir / f'{split}_confusion.png')
   mistakes = report['most_confident_mistakes']
   images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
-                     feed.config.max_pixels)
+                             feed.config.max_pixels)
   plots.image_gallery([images[m['index']] for m in mistakes],
                       [f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"
                        for m in mistakes],

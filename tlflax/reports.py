@@ -34,7 +34,7 @@ def write_reports(run, history: dict, variables: dict):
   test, config = run.splits['test'], run.image_feed.config
   chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
   found = sources.images_at(test, chosen, config.image_size, config.max_pixels,
-                               prepare=transforms.preprocess)
+                            prepare=transforms.preprocess)
   images = np.stack([found[i] for i in chosen])
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, images)))

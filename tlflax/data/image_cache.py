@@ -16,8 +16,8 @@ from absl import logging
 from tqdm import tqdm
 
 from tlflax.data import transforms
+from tlflax.data.sources import Source
 from tlflax.errors import DataError
-from tlflax.data.sources import Source, process_range
 
 MODES = ('auto', 'memory', 'disk', 'none')
 DISK_MARGIN = 2**30  # free space left on the disk after a cache file
@@ -50,10 +50,9 @@ def decode(source: Source, image_size: int, max_pixels: int, name: str,
   """Decodes and resizes this process's shard of `source` (in parallel, by tf.data) into memory,
   or into `file` (a NumPy .npy file opened as a memory map)."""
   shard = source.process_shard().map(
-      lambda x: (transforms.resize(transforms.decode_rgb(x['image'], max_pixels), image_size),
-                 x['label']), num_parallel_calls=tf.data.AUTOTUNE)
-  start, end = process_range(source.num_examples)
-  size = end - start
+      lambda x: (transforms.decode_and_resize(x['image'], image_size, max_pixels), x['label']),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  size = source.process_size
   shape = (size, image_size, image_size, 3)
   images = (np.lib.format.open_memmap(file, mode='w+', dtype=np.float32, shape=shape) if file
             else np.empty(shape, np.float32))
@@ -101,10 +100,9 @@ class ImageCache:
     if self.mode == 'none':
       return None
     if name not in self.held:
-      start, end = process_range(source.num_examples)
       in_memory = sum(d.images.nbytes for d in self.held.values()
                       if not isinstance(d.images, np.memmap))
-      needed = (end - start) * image_bytes(image_size)
+      needed = source.process_size * image_bytes(image_size)
       file = None
       if self.mode == 'disk' or (self.mode == 'auto' and in_memory + needed > self.limit_bytes):
         if self.folder is None:

@@ -79,16 +79,10 @@ def eval_steps(source: Source, config: PipelineConfig) -> int:
   return -(-per_process // _local_batch_size(config.batch_size))
 
 
-def _shard_size(source: Source) -> int:
-  """Examples in this process's shard."""
-  start, end = process_range(source.num_examples)
-  return end - start
-
-
 def _shuffle_block(source: Source, config: PipelineConfig) -> int:
   """An image folder's epoch permutes all of this process's files (they are sorted by class); a
   TFDS split's, each run of `shuffle_buffer` records (TFDS stores examples shuffled)."""
-  return max(1, _shard_size(source) if source.small_records else config.shuffle_buffer)
+  return max(1, source.process_size if source.small_records else config.shuffle_buffer)
 
 
 def _shuffled(dataset: tf.data.Dataset, block: int, epoch_seed: int) -> tf.data.Dataset:
@@ -119,8 +113,8 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int,
   if images is None:
     def decoded(index, record):
       example = source.read(record)
-      return index, {'image': transforms.resize(
-          transforms.decode_rgb(example['image'], config.max_pixels), config.image_size),
+      return index, {'image': transforms.decode_and_resize(example['image'], config.image_size,
+                                                           config.max_pixels),
                      'label': example['label']}
     examples = _shuffled(source.process_records().enumerate(), block, epoch_seed).map(
         decoded, num_parallel_calls=tf.data.AUTOTUNE)
@@ -144,7 +138,7 @@ def epoch_indices(source: Source, config: PipelineConfig, epoch: int) -> np.ndar
   epoch, for training on cached per-example activations instead of images."""
   local_batch = _local_batch_size(config.batch_size)
   steps = train_steps(source, config)
-  order = _shuffled(tf.data.Dataset.range(_shard_size(source)), _shuffle_block(source, config),
+  order = _shuffled(tf.data.Dataset.range(source.process_size), _shuffle_block(source, config),
                     _epoch_seed(config.seed, epoch))
   return np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64).reshape(
       steps, local_batch)
@@ -182,7 +176,7 @@ def eval_dataset(source: Source, config: PipelineConfig,
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((size, size, 3)), 'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False), 'index': tf.constant(-1, tf.int32)}).repeat(
-          eval_steps(source, config) * local_batch - _shard_size(source))
+          eval_steps(source, config) * local_batch - source.process_size)
   return without_autotuning(examples.enumerate().map(numbered)
                             .concatenate(padding)
                             .batch(local_batch, drop_remainder=True)

@@ -53,8 +53,8 @@ def gather_shards(local: np.ndarray, num_examples: int) -> np.ndarray:
   """The whole split's rows, from each process's rows of its `process_range` (in split order)."""
   if jax.process_count() == 1:
     return local
-  sizes = [end - start for start, end in map(lambda i: process_range(num_examples, i),
-                                             range(jax.process_count()))]
+  sizes = [end - start for start, end in (process_range(num_examples, i)
+                                          for i in range(jax.process_count()))]
   padded = np.zeros((max(sizes), *local.shape[1:]), local.dtype)
   padded[:len(local)] = local
   everyone = multihost_utils.process_allgather(padded)
@@ -87,6 +87,12 @@ class Source:
   def dataset(self) -> tf.data.Dataset:
     """Every example of the split, read."""
     return self.records.map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
+
+  @property
+  def process_size(self) -> int:
+    """Examples in this process's shard."""
+    start, end = process_range(self.num_examples)
+    return end - start
 
   def process_records(self) -> tf.data.Dataset:
     """This process's records (its `process_range`), the only ones it reads."""

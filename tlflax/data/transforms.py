@@ -42,15 +42,21 @@ def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
   return image / 127.5 - 1.0
 
 
+def decode_and_resize(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
+  """Encoded image -> float32 (size, size, 3) in [0, 255]: what augmentation and scaling start
+  from (and what `image_cache` keeps)."""
+  return resize(decode_rgb(encoded, max_pixels), size)
+
+
 def preprocess(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
   """Encoded image -> float32 (size, size, 3) in [-1, 1]: the tutorial's evaluation input."""
-  return scale_to_unit_range(resize(decode_rgb(encoded, max_pixels), size))
+  return scale_to_unit_range(decode_and_resize(encoded, size, max_pixels))
 
 
 def exported_model_input(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
   """Encoded image -> uint8 (size, size, 3): decoded and resized as `preprocess` does, rounded
   (not scaled), as exported models (`tlflax.export`) take it."""
-  image = resize(decode_rgb(encoded, max_pixels), size)
+  image = decode_and_resize(encoded, size, max_pixels)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
