@@ -9,6 +9,8 @@ weights (the shared ImageNet MobileNetV2 TFLite file, ported once), 160x160, bat
 
     tlflax          the recipe as configured (augmentation in tf.data, every step runs the backbone)
     tlflax-cached   configs/cats_dogs.py:cached (no augmentation; frozen-part caches)
+    tlflax-whole-batch  the recipe with compute.frozen_chunk=0: the frozen layers on the whole
+                    batch, not in chunks of 4 (what chunking gains; not run by default)
     keras-tf        the tutorial's Keras code (augmentation layers in the model), TensorFlow backend
     keras-jax       the same code on Keras's JAX backend
 
@@ -22,9 +24,11 @@ phases, and for tlflax its test pass, reports and plots).
 Prediction, after each round's tlflax run: `main.py --mode=predict` on the 2000 photos of the
 shared mini set with that run's workdir, and Keras's `model.predict` on
 `image_dataset_from_directory` of the same folder with the same network (the ported weights and a
-one-logit head), each a whole process, timed from start to end. tlflax's later rounds find its
-programs in the compilation cache (`compute.compilation_cache_dir`), as a user's second
-prediction would; the JSON keeps every round.
+one-logit head), each a whole process, timed from start to end.
+
+tlflax's runs and predictions share a compilation cache (`compute.compilation_cache_dir`) that
+starts empty with the benchmark: each tlflax run of the first round compiles its programs, later
+rounds find them compiled, as a user's second run would. The JSON keeps every round.
 
 Writes OUT/keras_comparison.{md,json,png} and prints the ratios last.
 """
@@ -49,7 +53,8 @@ SHARED = ROOT.parent / 'shared'
 DATA = SHARED / 'data' / 'cats_vs_dogs_mini'
 WEIGHTS = SHARED / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite'
 XLA_DEFAULTS = ('--xla_cpu_enable_concurrency_optimized_scheduler=true',)
-RUNS = ('tlflax', 'tlflax-cached', 'keras-tf', 'keras-jax')
+RUNS = ('tlflax', 'tlflax-cached', 'tlflax-whole-batch', 'keras-tf', 'keras-jax')
+DEFAULT_RUNS = ('tlflax', 'tlflax-cached', 'keras-tf', 'keras-jax')
 PHASES = ('feature_extraction', 'fine_tune')
 IMAGE_SIZE, BATCH, FINE_TUNE_AT = 160, 32, 100
 
@@ -58,7 +63,7 @@ flags.DEFINE_integer('val_images', 160, 'Validation images (half per class).')
 flags.DEFINE_integer('epochs', 3, 'Epochs per phase; the first of each phase is warm-up.')
 flags.DEFINE_integer('rounds', 2, 'Times each run is repeated (interleaved).')
 flags.DEFINE_string('out', str(ROOT / 'bench' / 'results'), 'Results folder.')
-flags.DEFINE_list('runs', list(RUNS), 'Which runs.')
+flags.DEFINE_list('runs', list(DEFAULT_RUNS), f'Which runs, of {RUNS}.')
 flags.DEFINE_bool('predict', True, 'Also time prediction (needs the tlflax and keras-tf runs).')
 flags.DEFINE_string('worker', None, 'Internal: run one framework and print its JSON.')
 flags.DEFINE_string('workdir', None, 'Internal: the subset and ported weights.')
@@ -66,6 +71,7 @@ FLAGS = flags.FLAGS
 
 
 TEST_IMAGES = 32  # tlflax's final test pass needs a test/ split; Keras's recipe skips it
+COMPILATION_CACHE = 'jax_compilation_cache'  # in the benchmark's folder: empty at its start
 
 
 def make_subset(workdir: Path, train_images: int, val_images: int):
@@ -85,10 +91,12 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------- tlflax
-def run_tlflax(workdir: Path, cached: bool) -> dict:
+def run_tlflax(workdir: Path, cached: bool, frozen_chunk=None) -> dict:
   from configs import cats_dogs
   from tlflax.train import train_and_evaluate
   config = cats_dogs.get_config('local,cached' if cached else 'local')
+  config.compute.frozen_chunk = frozen_chunk
+  config.compute.compilation_cache_dir = str(workdir / COMPILATION_CACHE)
   config.data.folder = str(workdir / 'data')
   config.model.weights = str(workdir / 'weights.msgpack')
   for phase in config.phases.values():
@@ -226,6 +234,7 @@ def tlflax_predict_command(workdir: Path) -> list[str]:
           f'--workdir={run_dir}', '--mode=predict', f'--inputs={DATA}',
           f'--config.data.folder={workdir / "data"}',
           f'--config.model.weights={workdir / "weights.msgpack"}',
+          f'--config.compute.compilation_cache_dir={workdir / COMPILATION_CACHE}',
           *(f'--config.phases.{phase}.epochs={FLAGS.epochs}' for phase in PHASES)]
 
 
@@ -256,7 +265,8 @@ def worker(name: str, workdir: Path):
     print(f'IMAGES {keras_predict(workdir)}')
     return
   if name.startswith('tlflax'):
-    phases = run_tlflax(workdir, cached=name == 'tlflax-cached')
+    phases = run_tlflax(workdir, cached=name == 'tlflax-cached',
+                        frozen_chunk=0 if name == 'tlflax-whole-batch' else None)
   else:
     phases = run_keras(workdir)
   print('RESULT ' + json.dumps({'phases': phases, 'peak_rss_mb': peak_rss_mb()}))
@@ -312,10 +322,12 @@ METRICS = (('train_images_per_s', 'train img/s', True), ('eval_images_per_s', 'e
 
 
 def ratios(table: dict) -> list[str]:
-  """tlflax (or tlflax-cached) over each Keras run: > 1 means tlflax is better."""
+  """tlflax (or tlflax-cached) over each Keras run, and tlflax over tlflax-whole-batch: > 1
+  means the first is better."""
   lines = []
-  for ours in ('tlflax', 'tlflax-cached'):
-    for theirs in ('keras-tf', 'keras-jax'):
+  for ours, others in (('tlflax', ('keras-tf', 'keras-jax', 'tlflax-whole-batch')),
+                       ('tlflax-cached', ('keras-tf', 'keras-jax'))):
+    for theirs in others:
       if ours not in table or theirs not in table:
         continue
       lines.append(f'{ours} / {theirs}, whole process: wall s '

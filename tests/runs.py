@@ -32,8 +32,9 @@ def make_synthetic_folder(root, per_class=12, size=40, classes=TWO_CLASSES):
   return root
 
 
-# The tiny run's settings, as `--config.KEY=VALUE` keys.
-TINY = {'model.alpha': 0.35, 'image_size': 32, 'batch_size': 4,
+# The tiny run's settings, as `--config.KEY=VALUE` keys. Its frozen layers run one image at a
+# time (`compute.frozen_chunk`), so that the command-line tests go through the chunked steps.
+TINY = {'model.alpha': 0.35, 'image_size': 32, 'batch_size': 4, 'compute.frozen_chunk': 1,
         'phases.feature_extraction.epochs': 1, 'phases.feature_extraction.learning_rate': 1e-3,
         'phases.fine_tune.epochs': 2, 'phases.fine_tune.learning_rate': 1e-4}
 

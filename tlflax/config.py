@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from tlflax import devices, objectives, optim, param_groups
+from tlflax import chunking, devices, objectives, optim, param_groups
 from tlflax.checkpoints import BEST_METRICS
 from tlflax.data import augment, image_cache, sources
 from tlflax.errors import ConfigError
@@ -117,6 +117,9 @@ def defaults() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache: a later run of the same programs skips their compilation.
   # 'auto': $JAX_COMPILATION_CACHE_DIR, else ~/.cache/tlflax/jax; 'none': off; or a folder.
   config.compute.compilation_cache_dir = 'auto'
+  # Images per device that the frozen layers run at a time (`tlflax.chunking`): None is 4 on CPUs
+  # (faster there) and the whole batch elsewhere; 0 is always the whole batch.
+  config.compute.frozen_chunk = config_dict.placeholder(int)
 
   config.phases = ml_collections.ConfigDict()
   config.phases.feature_extraction = phase(10, 'adam', 1e-4)
@@ -229,6 +232,7 @@ def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Se
       ('data.split_scheme', config.data.split_scheme, sources.check_split_scheme),
       ('model.depthwise_implementation', config.model.depthwise_implementation,
        check_implementation),
+      ('compute.frozen_chunk', config.compute.frozen_chunk, chunking.check_setting),
       ('model.head', config.model.head, lambda head: objectives.uses_sigmoid(head, 2)),
       ('loss.class_weights', config.loss.class_weights, objectives.parse_class_weights)):
     try:  # the library's own check, here naming the config key
@@ -297,11 +301,13 @@ def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Seq
 
 
 # Settings a resumed run may change without --allow_config_change: they do not change what it
-# computes from here on (the weights file is read only at the start; cached activations give
-# the result of training on images).
+# computes from here on (the weights file is read only at the start; cached activations and
+# frozen layers in chunks give the result of training on images, on whole batches, to float
+# rounding).
 RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
                'compute.cache_frozen', 'compute.platform', 'compute.compilation_cache_dir',
-               'compute.image_cache', 'compute.image_cache_limit_gb', 'model.weights')
+               'compute.image_cache', 'compute.image_cache_limit_gb', 'compute.frozen_chunk',
+               'model.weights')
 
 
 def flat(tree: dict, prefix: str = '') -> dict:

@@ -10,6 +10,7 @@ the pooled features in phase 1 (about 5 KB per image) and the activations at tha
 (about 270 KB per image at 160x160 and layer 100). Training on them gives the same result as
 training on images, minus the frozen part's cost.
 """
+import copy
 import functools
 import time
 from typing import Iterator, Optional
@@ -18,8 +19,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from tlflax import parallel
-from tlflax.classifier import Classifier
+from tlflax import chunking, parallel
+from tlflax.classifier import Classifier, backbone_layers
 from tlflax.data.image_cache import DecodedImages, ImageCache
 from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
                                   prefetch_to_devices, train_dataset, train_steps)
@@ -33,17 +34,33 @@ CACHED_SPLITS = ('train', 'validation')  # read every epoch; the test split is r
 
 class ImageFeed:
   """Batches of images from the tf.data pipeline, put on the mesh ahead of the steps; the
-  training and validation images decoded once where `image_cache` keeps them."""
+  training and validation images decoded once where `image_cache` keeps them.
+
+  Its steps run the frozen layers `frozen_chunk` images per device at a time
+  (`tlflax.chunking`): evaluation the whole backbone, training (`training_view`) the layers below
+  the phase's first trained one."""
   input_key = 'image'
 
   def __init__(self, model: Classifier, objective: Objective, splits: dict[str, Source],
                config: PipelineConfig, mesh, prefetch: int = 2,
-               image_cache: Optional[ImageCache] = None):
+               image_cache: Optional[ImageCache] = None, frozen_chunk: int = 0):
     self.splits, self.config, self.mesh, self.prefetch = splits, config, mesh, prefetch
     self.image_cache = image_cache or ImageCache()
-    self.apply_fn, self.objective = model.apply, objective
+    self.model, self.objective, self.frozen_chunk = model, objective, frozen_chunk
+    self.apply_fn = self.frozen_in_chunks(len(backbone_layers(model)))
     self.eval_step = make_eval_step(self.apply_fn, objective, mesh, self.input_key)
     self.logits_step = make_logits_step(self.apply_fn, mesh, self.input_key)
+
+  def frozen_in_chunks(self, boundary: int):
+    """`chunking.frozen_in_chunks` for this feed's model, chunk and devices."""
+    return chunking.frozen_in_chunks(self.model, boundary, self.frozen_chunk, self.mesh.size)
+
+  def training_view(self, first_trained: int) -> 'ImageFeed':
+    """This feed with the `apply_fn` a phase trains with: backbone layers below `first_trained`
+    (a Keras index) in chunks."""
+    feed = copy.copy(self)
+    feed.apply_fn = self.frozen_in_chunks(first_trained)
+    return feed
 
   @property
   def steps_per_epoch(self) -> int:
@@ -118,8 +135,8 @@ class CachedFeed:
     self.apply_fn = functools.partial(model.apply, start=boundary)
     self.objective = images.objective
     self.eval_step = make_eval_step(self.apply_fn, self.objective, images.mesh, self.input_key)
-    frozen = jax.jit(lambda v, x: model.apply(v, x, boundary,
-                                              method=Classifier.frozen_activations))
+    frozen = jax.jit(chunking.frozen_part(model, boundary, images.frozen_chunk,
+                                          images.mesh.size))
     started = time.perf_counter()
     self.cache = {name: cache_activations(frozen, variables, images, name)
                   for name in split_names}
@@ -154,9 +171,9 @@ class CachedFeed:
 def for_phase(compute, model: Classifier, variables, images: ImageFeed, first_trained: int):
   """A phase's feed: cached activations below its first trained backbone layer (`first_trained`,
   a Keras index; the layer count when only the head trains) when `compute.cache_frozen` asks for
-  them and they fit in `compute.cache_limit_gb`; else `images`."""
+  them and they fit in `compute.cache_limit_gb`; else `images` (`ImageFeed.training_view`)."""
   if not compute.cache_frozen:
-    return images
+    return images.training_view(first_trained)
   boundary = max(first_trained, 1)
   examples = sum(images.splits[name].num_examples for name in ('train', 'validation'))
   size = cache_bytes(model, variables, images.config.image_size, boundary,
@@ -165,5 +182,5 @@ def for_phase(compute, model: Classifier, variables, images: ImageFeed, first_tr
     logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
                     'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
                     compute.cache_limit_gb)
-    return images
+    return images.training_view(first_trained)
   return CachedFeed(model, variables, images, boundary)

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tlflax import parallel
+from tlflax import chunking, parallel
+from tlflax.classifier import backbone_layers
 from tlflax.data import transforms
 from tlflax.data.folders import IMAGE_EXTENSIONS, too_large
 from tlflax.data.pipeline import without_autotuning
@@ -108,7 +109,9 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterato
   WORKDIR/predictions.csv as they come."""
   check_config(config)
   trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
-  apply = jax.jit(trained.model.apply)
+  chunk = chunking.resolve(config.compute.frozen_chunk)  # the images go to one device
+  apply = jax.jit(chunking.frozen_in_chunks(trained.model, len(backbone_layers(trained.model)),
+                                            chunk))
   batches = _image_batches(
       list_images(inputs), config.batch_size, config.data.max_pixels,
       lambda encoded: transforms.preprocess(encoded, config.image_size, config.data.max_pixels))

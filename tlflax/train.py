@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import devices, evaluation, feeds, objectives, optim, parallel, reports, resume
-from tlflax import tracking
+from tlflax import chunking, devices, evaluation, feeds, objectives, optim, parallel, reports
+from tlflax import resume, tracking
 from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
@@ -173,7 +173,8 @@ class Run:
     image_cache.remove_files()  # a crashed run's
     return cls(config, workdir, allow_config_change, mesh, splits, class_names, objective, model,
                feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
-                               config.compute.prefetch, image_cache),
+                               config.compute.prefetch, image_cache,
+                               chunking.resolve(config.compute.frozen_chunk)),
                abstract_variables(model, config.image_size),
                checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
                                            parallel.replicated(mesh), config.best_metric),
@@ -487,6 +488,7 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
     raise DataError(f'{workdir} holds a model of classes {trained.class_names}; the config\'s '
                     f'data has {data_classes}')
   feed = feeds.ImageFeed(trained.model, trained.objective, splits, pipeline_config(config), mesh,
-                         config.compute.prefetch)
+                         config.compute.prefetch,
+                         frozen_chunk=chunking.resolve(config.compute.frozen_chunk))
   return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0,
                             {'checkpoint_epoch': trained.epoch})
