@@ -4,8 +4,10 @@
 
 MobileNetV2 (random weights, 160x160) at one batch size, in one process, each program compiled
 first and then timed in interleaved rounds (medians): the forward pass (evaluation, phase 1's
-frozen backbone) on the whole batch and in chunks of each size, and phase 2's training step (from
-Keras layer 100) with its frozen part on the whole batch and in chunks of 4. Also counts the
+frozen backbone) on the whole batch and in chunks of each size; phase 2's training step (from
+Keras layer 100) with its frozen part on the whole batch, in chunks of 4, and with the trained
+layers in chunks too (gradients through the loop); and the step's two parts alone: the trained
+part from the frozen part's activations, and the frozen part in chunks of 4. Also counts the
 minor page faults per call (fresh buffers the operating system has to map). Prints a table and
 each chunked variant's speed-up over the whole batch last.
 """
@@ -47,15 +49,27 @@ def programs(batch: int, chunks) -> dict:
   tx = optim.make_optimizer(phase(1, 'rmsprop', 1e-5), groups, steps_per_epoch=1)
   batch_dict = {'image': images, 'label': jnp.arange(batch) % 2, 'mask': jnp.ones(batch, bool)}
   first_trained = param_groups.first_trained_layer(groups, backbone_layers(model))
-  for chunk in (0, 4):
-    step = make_train_step(chunking.frozen_in_chunks(model, first_trained, chunk), tx, groups,
-                           Objective(2, sigmoid=True), jax.random.key(2))
+  frozen = jax.jit(chunking.frozen_part(model, first_trained, 4))
+  activations = {**batch_dict, 'activations': frozen(variables, images)}
+  steps = {  # name: (apply_fn, input key)
+      'phase-2 step, chunk none (whole batch)': (model.apply, 'image'),
+      'phase-2 step, chunk 4': (chunking.frozen_in_chunks(model, first_trained, 4), 'image'),
+      'phase-2 step, chunk 4, trained layers too': (
+          chunking.frozen_in_chunks(model, layers, 4), 'image'),
+      'phase-2 trained part alone': (
+          lambda *args, **kwargs: model.apply(*args, start=first_trained, **kwargs),
+          'activations')}
+  for name, (apply_fn, input_key) in steps.items():
+    step = make_train_step(apply_fn, tx, groups, Objective(2, sigmoid=True), jax.random.key(2),
+                           input_key=input_key)
     state = [TrainState.create(jax.tree.map(jnp.array, variables), tx)]
 
-    def train(step=step, state=state):
-      state[0], metrics = step(state[0], batch_dict)
+    def train(step=step, state=state, batch=activations if input_key == 'activations'
+              else batch_dict):
+      state[0], metrics = step(state[0], batch)
       return metrics
-    calls[f'phase-2 step, chunk {chunk or "none (whole batch)"}'] = train
+    calls[name] = train
+  calls['phase-2 frozen part alone, chunk 4'] = lambda: frozen(variables, images)
   return calls
 
 
@@ -81,7 +95,7 @@ def main(_):
   for kind in ('forward', 'phase-2 step'):
     whole = ms[f'{kind}, chunk none (whole batch)']
     for name in calls:
-      if name.startswith(kind) and 'whole' not in name:
+      if name.startswith(f'{kind},') and 'whole' not in name:
         print(f'{name}: {whole / ms[name]:.2f}x the whole batch')
 
 

@@ -39,16 +39,15 @@ def test_over_chunks_equals_the_whole_batch_in_chunks_of_the_size_asked():
 
 
 def test_each_devices_share_of_a_chunk_comes_from_its_own_block():
-  """On 4 devices holding contiguous blocks of 10 examples, the 4 examples of each device's share
-  of every chunk are from that device's block (padding, zeros, included), so a batch split over
-  devices needs no exchange between them to be chunked."""
+  """On 4 devices holding contiguous blocks of 10 examples, in chunks of 4 per device, every
+  example lands in its own device's share of its chunk, so a batch split over devices needs no
+  exchange between them to be chunked."""
   ids = jnp.arange(40, dtype=jnp.float32)
 
-  def block_of_share(x):  # for each example, the block of the largest id in its device's share
-    shares = x.reshape(4, 4)
-    return jnp.repeat(shares.max(axis=1) // 10, 4)
+  def share_index(chunk):  # for each position of a chunk, the device whose share it is
+    return jnp.repeat(jnp.arange(4.0), 4)
 
-  np.testing.assert_array_equal(chunking.over_chunks(block_of_share, ids, 4, devices=4), ids // 10)
+  np.testing.assert_array_equal(chunking.over_chunks(share_index, ids, 4, devices=4), ids // 10)
 
 
 @pytest.fixture(scope='module')
@@ -135,6 +134,9 @@ def test_the_feeds_steps_chunk_as_the_setting_says(model_and_variables):
 def test_the_setting_resolves_and_is_checked():
   assert chunking.resolve(0) == 0 and chunking.resolve(8) == 8
   assert chunking.resolve(None) == (chunking.CPU_CHUNK if jax.default_backend() == 'cpu' else 0)
+  for wrong in ('4', True, 2.0, -1):
+    with pytest.raises(ValueError, match='must be None'):
+      chunking.check_setting(wrong)
   config = defaults()
   config.compute.frozen_chunk = -1
   with pytest.raises(ConfigError, match=r'compute.frozen_chunk: must be None .* or a whole number'):

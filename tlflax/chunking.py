@@ -4,15 +4,16 @@ The layers below a phase's first trained one take no gradient, and in every phas
 its moving statistics, so each image's activations are independent of the rest of its batch. On
 CPUs, running those layers over chunks of 4 images (a `lax.map`) instead of the whole batch keeps
 the activations in cache and XLA's buffers small: on a 2-core CPU, MobileNetV2's forward pass at
-160x160 and batch 32 took 117 ms instead of 172 ms (`bench/frozen_chunks.py`, committed in
+160x160 and batch 32 took 122 ms instead of 172 ms (`bench/frozen_chunks.py`, committed in
 `bench/results/frozen_chunks.md`), and the page faults of its 150 MB of fresh buffers (about
-39,000 a pass) were gone. Layers that train still see the whole batch (chunking their backward
-pass was slower). GPUs and TPUs want the whole batch: the default (None) chunks only on CPUs.
+39,000 a pass) were gone. Layers that train still see the whole batch: chunking their forward and
+backward pass too made the phase-2 step slower (same benchmark). GPUs and TPUs want the whole
+batch: the default (None) chunks only on CPUs.
 """
 import jax
 import jax.numpy as jnp
 
-CPU_CHUNK = 4  # images per device; 4 and 8 measured best on a 2-core CPU, 1 and 16 slower
+CPU_CHUNK = 4  # images per device; the fastest of 1, 2, 4, 8 and 16 on a 2-core CPU
 
 
 def check_setting(setting) -> None:

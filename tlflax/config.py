@@ -303,7 +303,7 @@ def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Seq
 # Settings a resumed run may change without --allow_config_change: they do not change what it
 # computes from here on (the weights file is read only at the start; cached activations and
 # frozen layers in chunks give the result of training on images, on whole batches, to float
-# rounding).
+# rounding, which Adam and RMSprop can turn into a step's worth for gradients near 0).
 RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
                'compute.cache_frozen', 'compute.platform', 'compute.compilation_cache_dir',
                'compute.image_cache', 'compute.image_cache_limit_gb', 'compute.frozen_chunk',
