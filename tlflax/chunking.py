@@ -48,11 +48,11 @@ def over_chunks(fn, inputs, chunk: int, devices: int = 1):
   shape = inputs.shape[1:]
   blocks = jnp.pad(inputs.reshape(devices, block, *shape),
                    [(0, 0), (0, count * chunk - block)] + [(0, 0)] * len(shape))
-  chunks = blocks.reshape(devices, chunk, count, *shape).swapaxes(0, 2).swapaxes(1, 2)
+  chunks = jnp.moveaxis(blocks.reshape(devices, chunk, count, *shape), 2, 0)
   outputs = jax.lax.map(fn, chunks.reshape(count, devices * chunk, *shape))
 
   def unchunked(a):  # (count, devices * chunk, ...) back to the batch's order
-    a = a.reshape(count, devices, chunk, *a.shape[2:]).swapaxes(1, 2).swapaxes(0, 2)
+    a = jnp.moveaxis(a.reshape(count, devices, chunk, *a.shape[2:]), 0, 2)
     return a.reshape(devices, chunk * count, *a.shape[3:])[:, :block].reshape(
         devices * block, *a.shape[3:])
   return jax.tree.map(unchunked, outputs)

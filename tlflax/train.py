@@ -106,6 +106,14 @@ def pipeline_config(config) -> PipelineConfig:
                         max_pixels=config.data.max_pixels, augment_ops=config.data.augment_ops)
 
 
+def image_feed(config, model: Classifier, objective: Objective, splits: dict, mesh,
+               image_cache: Optional[ImageCache] = None) -> feeds.ImageFeed:
+  """The `ImageFeed` of `config`'s pipeline, prefetch and frozen chunks."""
+  return feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
+                         config.compute.prefetch, image_cache,
+                         chunking.resolve(config.compute.frozen_chunk))
+
+
 class _MetricSums:
   """Running sums of the steps' {'loss', 'correct', 'count'[, 'correct_top_k']}, kept on the
   device, and their means (reading those waits for the steps)."""
@@ -172,9 +180,7 @@ class Run:
                              workdir / IMAGE_CACHE_FOLDER)
     image_cache.remove_files()  # a crashed run's
     return cls(config, workdir, allow_config_change, mesh, splits, class_names, objective, model,
-               feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
-                               config.compute.prefetch, image_cache,
-                               chunking.resolve(config.compute.frozen_chunk)),
+               image_feed(config, model, objective, splits, mesh, image_cache),
                abstract_variables(model, config.image_size),
                checkpoints_lib.Checkpoints(workdir, config.checkpoints_to_keep,
                                            parallel.replicated(mesh), config.best_metric),
@@ -487,8 +493,6 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
   if data_classes != trained.class_names:
     raise DataError(f'{workdir} holds a model of classes {trained.class_names}; the config\'s '
                     f'data has {data_classes}')
-  feed = feeds.ImageFeed(trained.model, trained.objective, splits, pipeline_config(config), mesh,
-                         config.compute.prefetch,
-                         frozen_chunk=chunking.resolve(config.compute.frozen_chunk))
+  feed = image_feed(config, trained.model, trained.objective, splits, mesh)
   return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0,
                             {'checkpoint_epoch': trained.epoch})
