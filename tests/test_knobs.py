@@ -223,13 +223,13 @@ def test_example_group_configs_cover_every_layer_once(tiny_model):
     assert label == expected, key
 
 
-# The tracked tiny run: phase 2 warms up for one epoch, then cosine; its high rate makes the last
-# epoch's validation loss worse than an earlier one's.
+# The tracked tiny run: phase 2 warms up for one epoch, then cosine. It keeps every epoch's
+# checkpoint, so that the tests below find phase 2's second epoch (3) whatever the CPU's rounding
+# made of the losses; the best-checkpoint test decides the best epoch itself.
 TRACKED = {'phases.fine_tune.epochs': 3, 'phases.fine_tune.optimizer': 'adam',
            'phases.fine_tune.learning_rate': 0.01, 'phases.fine_tune.fine_tune_at': 0,
            'phases.fine_tune.schedule.name': 'warmup_cosine',
-           'phases.fine_tune.schedule.warmup_epochs': 1.0, 'checkpoints_to_keep': 1,
-           'seed': 2}  # a seed whose run has its best val_loss at epoch 3 (of 4), which tests need
+           'phases.fine_tune.schedule.warmup_epochs': 1.0, 'checkpoints_to_keep': 4}
 STEPS_PER_EPOCH = 6  # 24 training images in batches of 4
 
 
@@ -295,13 +295,11 @@ def test_resumed_mid_schedule_it_ends_with_the_uninterrupted_parameters(tracked_
   config, workdir, result = tracked_run
   resumed = tmp_path / 'run'
   shutil.copytree(workdir, resumed)
-  for later in [p for p in (resumed / 'checkpoints').iterdir() if int(p.name) > 3]:
-    shutil.rmtree(later)
-  # epoch 3, phase 2's second of three, is kept as the best (the best-checkpoint test checks it)
-  assert kept_epochs(resumed) == [3]
+  shutil.rmtree(resumed / 'checkpoints' / '4')
+  assert kept_epochs(resumed) == [1, 2, 3]  # epoch 3: phase 2's second of three
   (resumed / 'final_variables.msgpack').unlink()
   again = train_and_evaluate(config, resumed)
-  assert kept_epochs(resumed) == [3, 4]  # the best, whose metrics orbax read back, and the latest
+  assert kept_epochs(resumed) == [1, 2, 3, 4]
   assert [e['epoch'] for e in again.history['epochs']] == [1, 2, 3, 4]
   for a, b in zip(jax.tree.leaves(result.variables), jax.tree.leaves(again.variables)):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
@@ -312,42 +310,59 @@ def kept_epochs(workdir: Path) -> list:
   return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
 
 
+def kept_metrics(workdir: Path, epoch: int) -> Path:
+  """The file where orbax keeps a checkpoint's validation metrics (which rank the best)."""
+  return workdir / 'checkpoints' / str(epoch) / 'metrics' / 'metrics'
+
+
 def test_best_checkpoint_is_kept_beside_the_latest_and_evaluate_reports_it(tracked_run, tmp_path):
+  """Checkpoints carry the epoch's validation metrics. Which epoch is the best is then made
+  certain rather than left to the CPU's rounding: on a copy, epoch 3's kept val_loss is set to
+  -1 (no real loss is below 0) and epoch 4's val_accuracy to 2. `--checkpoint=best` then uses
+  epoch 3, by the run's best_metric, and evaluates its real loss; one more epoch with
+  checkpoints_to_keep=1 keeps epoch 3 beside the latest."""
   config, workdir, result = tracked_run
-  losses = {e['epoch']: e['val_loss'] for e in result.history['epochs']}
-  best = min(losses, key=losses.get)
-  assert best == 3, f'the run was meant to be best at epoch 3 (of 4): {losses}'
-  assert kept_epochs(workdir) == [3, 4]  # checkpoints_to_keep=1: the latest, and the best
-  report = evaluate_checkpoint(config, workdir, 'validation', checkpoint='best')
+  history = {e['epoch']: e for e in result.history['epochs']}
+  for epoch in kept_epochs(workdir):
+    kept = json.loads(kept_metrics(workdir, epoch).read_text())
+    assert kept == pytest.approx({'val_loss': history[epoch]['val_loss'], 'epoch': epoch,
+                                  'val_accuracy': history[epoch]['val_accuracy']}, rel=1e-6)
+  best = 3
+  made = tmp_path / 'made'
+  shutil.copytree(workdir, made)
+  for epoch, key, value in ((best, 'val_loss', -1.0), (4, 'val_accuracy', 2.0)):
+    metrics_file = kept_metrics(made, epoch)
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), key: value}))
+  report = evaluate_checkpoint(config, made, 'validation', checkpoint='best')
   assert report['checkpoint_epoch'] == best
-  assert report['loss'] == pytest.approx(losses[best], rel=1e-5)
-  # Evaluated with best_metric=val_accuracy, the best is still the run's (by val_loss), even where
-  # the latest checkpoint has the best accuracy (the tiny run's accuracies tie, so one is set).
+  assert report['loss'] == pytest.approx(history[best]['val_loss'], rel=1e-5)  # evaluated
+  # Evaluated with best_metric=val_accuracy, the best is still the run's (by val_loss)
   other_metric = config.copy_and_resolve_references()
   other_metric.best_metric = 'val_accuracy'
-  accurate = tmp_path / 'accurate'
-  shutil.copytree(workdir, accurate)
-  metrics_file = accurate / 'checkpoints' / '4' / 'metrics' / 'metrics'
-  metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()),
-                                      'val_accuracy': 1.0}))
-  assert evaluate_checkpoint(other_metric, accurate, 'validation',
+  assert evaluate_checkpoint(other_metric, made, 'validation',
                              checkpoint='best')['checkpoint_epoch'] == best
   from tlflax.checkpoints import Checkpoints
-  assert Checkpoints(accurate, best_metric='val_accuracy').best_epoch() == 4  # were it the config's
+  assert Checkpoints(made, best_metric='val_accuracy').best_epoch() == 4  # were it the config's
   image = str(Path(config.data.folder) / 'test' / 'cat' / 'cat.0.jpg')
-  probabilities = {which: next(predict(config, workdir, image, checkpoint=which))[2]
-                   for which in ('best', '3', 'latest')}
-  assert probabilities['best'] == probabilities['3'] != probabilities['latest']
+  probabilities = {which: next(predict(config, made, image, checkpoint=which,
+                                       output=tmp_path / f'{which}.csv'))[2]
+                   for which in ('best', str(best), 'latest')}
+  assert probabilities['best'] == probabilities[str(best)] != probabilities['latest']
   flags = [f'--config.{key}={value}' for key, value in {
       **TINY, **TRACKED, 'data.folder': config.data.folder,
       'model.weights': config.model.weights}.items()]
-  code, output = run_main(workdir, flags, '--mode=evaluate', '--split=validation',
+  code, output = run_main(made, flags, '--mode=evaluate', '--split=validation',
                           '--checkpoint=best')
   assert code == 0, output[-3000:]
   assert f'checkpoint of epoch {best}' in output
-  assert f'loss {losses[best]:.4f}' in output
-  code, output = run_main(workdir, flags, '--mode=evaluate', '--checkpoint=2')
-  assert code == 1 and 'kept epochs: [' in output and 'Traceback' not in output
+  assert f'loss {history[best]["val_loss"]:.4f}' in output
+  code, output = run_main(made, flags, '--mode=evaluate', '--checkpoint=7')
+  assert code == 1 and 'kept epochs: [1, 2, 3, 4]' in output and 'Traceback' not in output
+  more = config.copy_and_resolve_references()
+  more.phases.fine_tune.epochs = 4
+  more.checkpoints_to_keep = 1
+  train_and_evaluate(more, made, allow_config_change=True)
+  assert kept_epochs(made) == [best, 5]  # the best, whose metrics orbax read back, and the latest
 
 
 def test_early_stopping_ends_the_phase_and_the_next_one_starts_resumably(tiny_run, tmp_path):
@@ -379,7 +394,7 @@ def test_a_mid_phase_resume_refuses_new_parameter_groups(tracked_run, tmp_path):
   resumed = tmp_path / 'run'
   shutil.copytree(workdir, resumed)
   shutil.rmtree(resumed / 'checkpoints' / '4')
-  assert kept_epochs(resumed) == [3]  # mid phase 2
+  assert kept_epochs(resumed) == [1, 2, 3]  # epoch 3: mid phase 2
   changed = config.copy_and_resolve_references()
   changed.phases.fine_tune.param_groups = ('head=1', '.*=freeze')
   with pytest.raises(ConfigError, match='param_groups'):
@@ -392,7 +407,7 @@ def test_a_mid_phase_resume_refuses_new_parameter_groups(tracked_run, tmp_path):
   changed.batch_size = 8  # another number of steps per epoch: the schedule's steps would shift
   with pytest.raises(ConfigError, match=r'new batch_size'):
     train_and_evaluate(changed, resumed, allow_config_change=True)
-  assert kept_epochs(resumed) == [3]  # nothing was taken for damage and moved aside
+  assert kept_epochs(resumed) == [1, 2, 3]  # nothing was taken for damage and moved aside
 
 
 def test_param_groups_parse_from_the_command_line(tmp_path):
