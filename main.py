@@ -2,7 +2,8 @@
 
     python main.py --config=configs/cats_dogs.py --workdir=DIR [--config.KEY=VALUE ...]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=evaluate [--checkpoint=best]
-    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH \
+        [--output=FILE.csv]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=export [--quantize=int8]
     python main.py --workdir=DIR --mode=predict --model=DIR/export/model.tflite --inputs=PATH
 
@@ -32,8 +33,13 @@ flags.DEFINE_string('model', None, 'predict: an exported .tflite file (with its 
                     'classify with instead of a checkpoint; --config is then optional.')
 flags.DEFINE_string('formats', 'saved_model,tflite,keras',
                     'export: comma-separated formats to write to WORKDIR/export/.')
-flags.DEFINE_enum('quantize', 'none', ['none', 'int8'], 'export: also write an int8 TFLite '
-                  'model, calibrated on training images.')
+flags.DEFINE_enum('quantize', 'none', ['none', 'int8', 'int8_full'],
+                  'export: also write model_int8.tflite, calibrated on training images: int8 '
+                  'with the layers the run fine-tuned and the head in float32 (int8), or all int8 '
+                  '(int8_full: smaller and faster, less faithful).')
+flags.DEFINE_string('output', None, 'predict: the CSV file to write (it must not exist); default '
+                    'WORKDIR/predictions_<source>.csv, numbered _2, _3, ... rather than replacing '
+                    'an earlier one.')
 flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s run although the '
                   'config differs from the one it was made with (e.g. more epochs in the last '
                   'phase). Without it, a difference stops the run, listing the keys. evaluate: '
@@ -43,8 +49,18 @@ flags.mark_flags_as_required(['workdir'])
 
 # Flags that only these modes read; given with another mode they are a usage error.
 MODE_FLAGS = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict', 'export'),
-              'inputs': ('predict',), 'model': ('predict',), 'formats': ('export',),
+              'inputs': ('predict',), 'model': ('predict',), 'output': ('predict',),
+              'formats': ('export',),
               'quantize': ('export',), 'allow_config_change': ('train', 'evaluate')}
+
+
+# What an interrupted mode leaves (training says it itself: `train.resume_hint`).
+INTERRUPTED_OUTCOMES = {
+    'train': 'run the same command again to resume',
+    'evaluate': 'the report is written at the end: run it again',
+    'export': 'an earlier export is kept (in export/, or export.previous/ if it was being '
+              'replaced)',
+    'predict': 'a predictions CSV already begun holds the images classified before'}
 
 
 def main(argv):
@@ -59,12 +75,18 @@ def main(argv):
     raise app.UsageError('--config is required (except for --mode=predict --model=FILE)')
   if FLAGS.mode == 'predict' and not FLAGS.inputs:
     raise app.UsageError('--mode=predict needs --inputs=PATH')
-  cli.prepare_process()
-  from tlflax import evaluation, predict, train
-  from tlflax.config import defaults
-  with cli.run_errors_as_one_line():
+  with cli.run_errors_as_one_line(INTERRUPTED_OUTCOMES[FLAGS.mode]):
+    cli.prepare_process()
+    import jax
+
+    from tlflax import evaluation, predict, reports, train
+    from tlflax.config import defaults
     if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+      result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+      test = result.history['test']
+      if jax.process_index() == 0:
+        print(f"finished: test accuracy {test['accuracy']:.4f} on {test['count']} images; in "
+              f"{FLAGS.workdir}: {', '.join(reports.main_outputs(FLAGS.workdir))}")
     elif FLAGS.mode == 'evaluate':
       report = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split,
                                          FLAGS.allow_config_change, FLAGS.checkpoint)
@@ -76,15 +98,19 @@ def main(argv):
                                FLAGS.checkpoint, FLAGS.quantize)
       print(exporter.summary(record, os.path.join(FLAGS.workdir, 'export')))
     else:
+      output = predict.output_path(FLAGS.workdir, FLAGS.output,
+                                   predict.source_name(FLAGS.model, FLAGS.checkpoint))
       if FLAGS.model:  # batch size and image size limit: the config's, else the defaults
         settings = FLAGS.config or defaults()
         rows = predict.predict_exported(FLAGS.model, FLAGS.workdir, FLAGS.inputs,
-                                        settings.batch_size, settings.data.max_pixels)
+                                        settings.batch_size, settings.data.max_pixels, output)
       else:
-        rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint)
+        rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint,
+                               output)
       for path, label, probability, _ in rows:
         print(f'{path}\t{label}\t{probability:.4f}')
-      print(f'wrote {os.path.join(FLAGS.workdir, "predictions.csv")}')
+      print(f'wrote {output}')
+
 
 if __name__ == '__main__':
   app.run(main, flags_parser=cli.parse_flags)

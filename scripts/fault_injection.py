@@ -60,11 +60,12 @@ class WatchedRun:
       time.sleep(0.01)
     return True
 
-  def kill(self) -> bool:
-    """SIGKILL; False if the run had already ended."""
+  def kill(self, signal_number: int = signal.SIGKILL) -> bool:
+    """Sends the signal (SIGKILL: kill -9) and waits for the end; False if the run had already
+    ended."""
     alive = self.process.poll() is None
     if alive:
-      self.process.send_signal(signal.SIGKILL)
+      self.process.send_signal(signal_number)
     self.process.wait()
     self.reader.join()
     return alive

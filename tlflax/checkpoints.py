@@ -37,6 +37,7 @@ class Checkpoints:
     self.workdir = Path(workdir).absolute()
     self.sharding = sharding
     self.best_metric = best_metric
+    self._closed = False
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(keep),
         ocp.checkpoint_managers.BestN(get_metric_fn=self._rank, n=1,
@@ -167,8 +168,11 @@ class Checkpoints:
       checkpointer.save(self.workdir / 'phases' / name, variables, force=True)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the checkpoints being written, then closes the manager (once)."""
+    if not self._closed:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self._closed = True
 
 
 def _summary(error: Exception) -> str:

@@ -1,30 +1,38 @@
-"""What the command lines (`main.py`, `python -m tlflax.sweep`) share: process set-up, one-line
-errors for bad flags and for `RunError`s, and the multi-host flags."""
+"""What the command lines (`main.py`, `python -m tlflax.sweep`) share: process set-up, quiet
+third-party logs, and one line (no traceback) for bad flags, for `RunError`s and for Ctrl-C or
+SIGTERM; and the multi-host flags."""
 import contextlib
-import logging as logging_std
+import os
 import sys
 
-from absl import flags, logging
+from absl import flags
+
+from tlflax import interrupts, library_logs
 
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host runs); '
                   'implied by --num_processes > 1.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0..num_processes-1.')
+flags.DEFINE_bool('library_logs', False, 'Also show the log lines of TensorFlow, JAX, orbax and '
+                  'the TFLite converter, which are hidden by default (`tlflax.library_logs`).')
 FLAGS = flags.FLAGS
 
-
-class _OnlyOrbaxWarnings(logging_std.Filter):
-  """Orbax logs every checkpoint step at INFO; keep its warnings, drop the rest."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or 'orbax' not in record.pathname
+def _wants_library_logs(argv) -> bool:
+  """--library_logs in `argv`, read before the flags are parsed (parsing the config file imports
+  TensorFlow, whose import prints the lines to hide)."""
+  early = flags.FlagValues()
+  flags.DEFINE_bool('library_logs', False, '', flag_values=early)
+  try:
+    early(list(argv), known_only=True)
+  except flags.Error:  # a bad value: the real parsing says so
+    return False
+  return early.library_logs
 
 
 def prepare_process():
-  """Quiet orbax's INFO logs, keep TensorFlow (tf.data runs on the host) off any accelerator JAX
-  uses, and join the other processes of a multi-host run when the flags say so."""
-  logging.get_absl_handler().addFilter(_OnlyOrbaxWarnings())
+  """Keep TensorFlow (tf.data runs on the host) off any accelerator JAX uses, and join the other
+  processes of a multi-host run when the flags say so."""
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed or (FLAGS.num_processes or 1) > 1:
@@ -32,26 +40,63 @@ def prepare_process():
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
+def _exit_with(message: str, status: int):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def _end_interrupted(error: interrupts.Interrupted, outcome: str):
+  print(error.message(outcome), file=sys.stderr, flush=True)
+  interrupts.end_by(error)
+
+
 @contextlib.contextmanager
-def run_errors_as_one_line():
-  """A `RunError` (a mistake the user can act on) ends the process with one line and status 1."""
+def run_errors_as_one_line(interrupted_outcome: str = 'nothing was changed'):
+  """A `RunError` (a mistake the user can act on) ends the process with one line and status 1;
+  Ctrl-C or SIGTERM with one line (`interrupts.Interrupted.message`, ending in
+  `interrupted_outcome` where the code did not say what it kept), by the signal."""
   from tlflax.errors import RunError
   try:
     yield
   except RunError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _exit_with(str(e), 1)
+  except interrupts.Interrupted as e:
+    _end_interrupted(e, interrupted_outcome)
+
+
+def _config_error(error: Exception, argv) -> str:
+  """The one-line form of an error ml_collections raised for `--config` or an override."""
+  if isinstance(error, (AttributeError, KeyError)):  # an unknown key: "'key'\nDid you mean ..."
+    inner = error.args[0] if error.args else error
+    text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+    key, _, hint = str(text).partition('\n')
+    key = key.strip('\'"')
+    given = [a.split('=')[0] for a in argv if a.startswith('--config.')
+             and key in a.split('=')[0].split('.')]
+    where = f'{given[0]}: ' if given else ''
+    hint = hint.replace('"', "'").replace('Did you mean', 'did you mean')
+    return (f'{where}unknown config key {key!r}' + (f' ({hint})' if hint else '')
+            + '; the keys are those of the config file (tlflax.config.defaults)')
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if any(line.startswith('Traceback') for line in lines):  # the config file raised: its error
+    return f"{lines[0].split(': Error whilst')[0].replace('flag ', '')}: {lines[-1]}"
+  return f'--config: {lines[-1]}' if isinstance(error, OSError) else ' '.join(lines)
 
 
 def parse_flags(argv):
-  """absl's parsing, with bad `--config.*` overrides (unknown key, wrong type) as one line."""
+  """absl's parsing, made ready for a long run first (Ctrl-C and SIGTERM as `Interrupted`,
+  quiet libraries), with a bad `--config` (a missing file, a variant the file refuses) or bad
+  `--config.*` override (unknown key, wrong type) as one line and status 2."""
+  interrupts.raise_on_signals()
   try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    unknown = isinstance(e, (AttributeError, KeyError))
-    message = f'unknown config key {e} in a --config override' if unknown else str(e)
-    print(f'error: {message}'.replace('"', ''), file=sys.stderr)
-    print(f'Run {argv[0]} --helpfull for the flags; keys are those of the config file.',
-          file=sys.stderr)
-    sys.exit(2)
+    if not _wants_library_logs(argv):
+      library_logs.hide()
+    parsed = FLAGS(argv)
+    if 'config' in FLAGS and FLAGS.config is not None:
+      FLAGS.config.keys()  # a config file that failed to load raises on any use
+    return parsed
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    _exit_with(f'{_config_error(e, argv[1:])}. Run {os.path.basename(argv[0])} --helpfull for '
+               'the flags.', 2)
+  except interrupts.Interrupted as e:
+    _end_interrupted(e, 'nothing was started')

@@ -3,7 +3,9 @@
 `restore_or_initialize(run)` returns where training stands (`Position`): after the newest
 checkpoint that restores (`Checkpoints.restore_newest`), or at the start with the initial
 variables. A checkpoint records the resolved config; a run whose config differs stops, listing
-the keys, unless the run allows the change and the checkpoint can take it.
+the keys, unless the run allows the change and the checkpoint can take it. A workdir without
+checkpoints or a finished run's results holds no run: it starts afresh, whatever its
+config.json says.
 """
 import dataclasses
 import itertools
@@ -25,6 +27,7 @@ from tlflax.optim import STATE_SHAPING
 from tlflax.phases import Phase, ended_early, locate, phase_plan
 from tlflax.reports import write_json
 from tlflax.steps import TrainState
+from tlflax.workdir import holds_a_run
 
 
 @dataclasses.dataclass
@@ -61,9 +64,12 @@ def restore_or_initialize(run, first_phase_from=None) -> Position:
     logging.info('Resuming from %s after epoch %d', run.workdir, epoch)
     _write_config(run, changed, epoch)
     return position
-  config_path = run.workdir / 'config.json'
-  stored = json.loads(config_path.read_text()) if config_path.is_file() else None
-  _write_config(run, _config_changes(run, stored), 0)
+  if holds_a_run(run.workdir):
+    raise ConfigError(f'{run.workdir} holds the results of a finished run but none of its '
+                      'checkpoints: use another workdir (or move its files away to start afresh '
+                      'there)')
+  # no run to protect (a config.json alone is a failed start's, or an older tlflax's)
+  _write_config(run, {}, 0)
   if first_phase_from is not None:
     return after_shared_phase(run, Path(first_phase_from))
   init_rng, _ = run.rngs()

@@ -40,7 +40,8 @@ from tqdm import tqdm
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
 from tlflax import chunking, devices, evaluation, feeds, objectives, optim, parallel, reports
-from tlflax import resume, tracking
+from tlflax import interrupts, resume, tracking
+from tlflax import workdir as workdir_lib
 from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data import sources
@@ -165,7 +166,6 @@ class Run:
     parallel.check_batch_size(config.batch_size, mesh)
     devices.prepare(config.compute, config.batch_size)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
     splits = load_splits(config)
     class_names = list(splits['train'].class_names)
@@ -211,23 +211,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                        allow_config_change: bool = False, first_phase_from=None) -> 'TrainResult':
   """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model.
   `first_phase_from`: a workdir that trained this run's first phase alone (`tlflax.sweep`); a
-  fresh run starts after it."""
+  fresh run starts after it. A start that fails or is interrupted before it saves an epoch leaves
+  nothing in the workdir (`workdir.removed_unless_saved`); an interrupted run's
+  `interrupts.Interrupted` says where it can resume."""
   check_config(config)
-  run = Run.create(config, workdir, allow_config_change)
+  run = None
+
+  def wait_for_checkpoints():
+    if run is not None:
+      run.checkpoints.close()
+
   try:
-    return _train_and_evaluate(run, first_phase_from)
-  finally:  # decoded images on disk go, also when the run fails
-    run.image_feed.image_cache.remove_files()
+    with workdir_lib.removed_unless_saved(workdir, wait_for_checkpoints) as path:
+      with interrupts.during('the start of the run'):
+        run = Run.create(config, path, allow_config_change)
+      try:
+        return _train_and_evaluate(run, first_phase_from)
+      finally:  # decoded images on disk go, also when the run fails
+        run.image_feed.image_cache.remove_files()
+  except interrupts.Interrupted as e:
+    e.outcome = resume_hint(workdir)
+    raise
+
+
+def resume_hint(workdir) -> str:
+  """What an interrupted run kept in `workdir`, and how to go on."""
+  saved = workdir_lib.saved_epochs(workdir)
+  if not saved:
+    return 'no epoch was saved, so nothing was kept: the same command starts the run again'
+  return (f'epochs up to {saved[-1]} are saved in {workdir}: run the same command again to '
+          f'resume after epoch {saved[-1]}')
 
 
 def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
   run.check_warmups()
-  position = resume.restore_or_initialize(run, first_phase_from)
+  with interrupts.during('the start of the run'):
+    position = resume.restore_or_initialize(run, first_phase_from)
   if run.primary:  # a start that the workdir's run accepted
     tracking.record_environment(run.workdir)
   if 'initial' not in position.history:  # the tutorial's loss0 / accuracy0
-    initial = _checked(evaluate(run.image_feed.eval_step, position.variables,
-                                run.image_feed.evaluation('validation')), 'before training')
+    with interrupts.during('the evaluation before training'):
+      initial = _checked(evaluate(run.image_feed.eval_step, position.variables,
+                                  run.image_feed.evaluation('validation')), 'before training')
     position.history['initial'] = {'val_loss': initial['loss'],
                                    'val_accuracy': initial['accuracy']}
     logging.info('Before training: val_loss %.4f, val_accuracy %.4f', initial['loss'],
@@ -237,14 +262,15 @@ def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
       position = _run_phase(run, phase, position)
   run.checkpoints.close()
   history = position.history
-  final = {split: evaluate_per_class(run.image_feed, position.variables, split, run.workdir,
-                                    run.primary) for split in ('validation', 'test')}
-  history['test'] = evaluation.summary(final['test'])
-  variables = parallel.to_host(position.variables)
-  if run.primary:
-    reports.write_reports(run, history, variables)
-    run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
-                                       for name in ('learning_curves', 'predictions')})
+  with interrupts.during('the final evaluation and reports'):
+    final = {split: evaluate_per_class(run.image_feed, position.variables, split, run.workdir,
+                                      run.primary) for split in ('validation', 'test')}
+    history['test'] = evaluation.summary(final['test'])
+    variables = parallel.to_host(position.variables)
+    if run.primary:
+      reports.write_reports(run, history, variables)
+      run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
+                                         for name in ('learning_curves', 'predictions')})
   run.tracker.close()
   return TrainResult(history, variables)
 
@@ -272,8 +298,9 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   # from here: caches, compilation, epochs and validation (and those before a resume mid-phase)
   phase_start = time.perf_counter() - (history['phases'].get(phase.name, {}).get('seconds', 0.0)
                                        if position.state is not None else 0.0)
-  feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
-                         param_groups_lib.first_trained_layer(groups, layers))
+  with interrupts.during(f'the set-up of phase {phase.name!r}'):
+    feed = feeds.for_phase(run.config.compute, run.model, state.variables, run.image_feed,
+                           param_groups_lib.first_trained_layer(groups, layers))
   _, dropout_rng = run.rngs()
   train_step = make_train_step(feed.apply_fn, tx, groups, run.objective, dropout_rng, run.mesh,
                                feed.input_key)
@@ -285,7 +312,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                             (epoch - phase.first_epoch) * feed.steps_per_epoch)
     # the rate of each of the epoch's steps (a constant schedule gives one number for all)
     learning_rates = np.broadcast_to(schedule(phase_steps), phase_steps.shape)
-    state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1])
+    state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1],
+                               compiles=epoch == position.epoch + 1)
     history['epochs'].append(record)
     history['phases'][phase.name] = {'seconds': time.perf_counter() - phase_start,
                                      **feed.record()}
@@ -297,14 +325,15 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
         run.config.best_metric, mode)
     if stop:
       history['phases'][phase.name]['stopped_early_after'] = epoch - phase.first_epoch
-    if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
-      run.checkpoints.save_phase(phase.name, state.variables)
-    run.checkpoints.save(epoch, state, {
-        'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
-        'step': step, 'class_names': run.class_names,
-        'config': config_json, 'history': history}, record)
-    if run.primary:
-      reports.write_json(run.workdir / 'history.json', history)
+    with interrupts.during(f'the saving of epoch {epoch}'):
+      if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
+        run.checkpoints.save_phase(phase.name, state.variables)
+      run.checkpoints.save(epoch, state, {
+          'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
+          'step': step, 'class_names': run.class_names,
+          'config': config_json, 'history': history}, record)
+      if run.primary:
+        reports.write_json(run.workdir / 'history.json', history)
     if stop:
       logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
                    'ends after epoch %d of %d', run.config.best_metric,
@@ -314,16 +343,18 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   return Position(phase.last_epoch, int(state.step), state.variables, history)
 
 
-def _run_epoch(phase: Phase, epoch: int, state, train_step, feed, learning_rate: float):
+def _run_epoch(phase: Phase, epoch: int, state, train_step, feed, learning_rate: float,
+               compiles: bool):
   """One epoch of `phase` and its validation; (state, the epoch's history record, with the
-  `learning_rate` of its last step)."""
+  `learning_rate` of its last step). `compiles`: the epoch's first step compiles the step."""
   phase_epoch = epoch - phase.first_epoch
   where = f'phase {phase.name!r}, epoch {phase_epoch}/{phase.settings.epochs} (global {epoch})'
   state, train_metrics = _train_epoch(train_step, state, feed.train(epoch - 1),
-                                      feed.steps_per_epoch, where)
+                                      feed.steps_per_epoch, where, compiles)
   validation_start = time.perf_counter()
-  validation = _checked(evaluate(feed.eval_step, state.variables, feed.evaluation('validation')),
-                        f'validation after {where}')
+  with interrupts.during(f'the validation after {where}'):
+    validation = _checked(evaluate(feed.eval_step, state.variables,
+                                   feed.evaluation('validation')), f'validation after {where}')
   record = {'phase': phase.name, 'epoch': epoch, **train_metrics,
             'learning_rate': float(learning_rate),
             **{f'val_{key}': value for key, value in validation.items() if key != 'count'},
@@ -350,30 +381,43 @@ def _checked(metrics: dict, where: str) -> dict:
 PROGRESS_EVERY = 10  # steps between progress-bar metrics (each read waits for the device)
 
 
-def _train_epoch(train_step, state, batches, total_steps: int, where: str):
+def _train_epoch(train_step, state, batches, total_steps: int, where: str, compiles: bool):
   """One epoch with a progress bar; returns the state and the epoch's mean training loss and
-  accuracy, first step's time (compilation included on a phase's first epoch) and images/s after
-  it (None for a one-step epoch). Every `PROGRESS_EVERY` steps and at the end, a non-finite loss
-  raises `TrainingDiverged` naming the first step that had one."""
+  accuracy, first step's time (compilation included where it `compiles`: then it is logged on its
+  own line, and the bar starts after it) and images/s after it (None for a one-step epoch). Every
+  `PROGRESS_EVERY` steps and at the end, a non-finite loss raises `TrainingDiverged` naming the
+  first step that had one."""
   sums, unread = _MetricSums(), []
-  start = time.perf_counter()
-  with tqdm(total=total_steps, desc=where, unit='batch', leave=False, disable=None) as bar:
-    for steps, batch in enumerate(batches, 1):
-      state, metrics = train_step(state, batch)
-      sums.add(metrics)
-      unread.append(metrics)
-      if steps == 1:
-        jax.block_until_ready(metrics)
-        first_step_end = time.perf_counter()
-      if steps % PROGRESS_EVERY == 0:
-        means = _finite_training_means(sums, unread, steps, where)
-        bar.set_postfix({k: f'{v:.4f}' for k, v in means.items()})
-        unread = []
-      bar.update(1)
-  means = _finite_training_means(sums, unread, steps, where)  # waits for the last step
+  done = 0
+  with interrupts.during(lambda: f'{where}, after {done} of {total_steps} steps'):
+    batches = iter(batches)
+    start = time.perf_counter()
+    if compiles:
+      logging.info('Compiling the training step of %s ...', where)
+    state, metrics = train_step(state, next(batches))
+    jax.block_until_ready(metrics)
+    first_step_end = time.perf_counter()
+    if compiles:
+      logging.info('Compiled and ran the first step in %.1f s', first_step_end - start)
+    sums.add(metrics)
+    unread.append(metrics)
+    done = 1
+    with tqdm(total=total_steps, initial=1, desc=where, unit='batch', leave=False,
+              disable=None) as bar:
+      for batch in batches:
+        state, metrics = train_step(state, batch)
+        sums.add(metrics)
+        unread.append(metrics)
+        done += 1
+        if done % PROGRESS_EVERY == 0:
+          means = _finite_training_means(sums, unread, done, where)
+          bar.set_postfix({k: f'{v:.4f}' for k, v in means.items()})
+          unread = []
+        bar.update(1)
+    means = _finite_training_means(sums, unread, done, where)  # waits for the last step
   end = time.perf_counter()
-  rate = (float(sums.sums['count']) * (steps - 1) / steps / (end - first_step_end)
-          if steps > 1 else None)
+  rate = (float(sums.sums['count']) * (done - 1) / done / (end - first_step_end)
+          if done > 1 else None)
   return state, {**means, 'images_per_second': rate,
                  'first_step_seconds': first_step_end - start}
 
@@ -409,6 +453,8 @@ def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> 
   'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
   which chose the checkpoint it kept) or an epoch."""
   devices.prepare(config.compute, config.batch_size, enforce_platform=False)
+  if not workdir_lib.saved_epochs(workdir):
+    raise DataError(f'{workdir} has no checkpoint to use; train first')
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh),
                                             best_metric=config.best_metric)
   try:
@@ -420,8 +466,6 @@ def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> 
 
 
 def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
-  if not checkpoints.epochs():
-    raise DataError(f'{workdir} has no checkpoint to use; train first')
   if checkpoint == 'best':
     _, trained_metric = checkpoints.restore_newest(lambda epoch: resume.checkpoint_meta(
         checkpoints, epoch)['config'].get('best_metric', 'val_loss'))
@@ -481,6 +525,7 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   trained = restore_for_inference(config, workdir, mesh, checkpoint)
+  workdir_lib.writable(workdir)  # the report goes to WORKDIR/evaluation/
   changed = {key: values for key, values in config_lib.differences(
       trained.config, resume.config_as_json(config)).items() if key in SPLIT_KEYS}
   if changed and not other_data:

@@ -36,9 +36,9 @@ def main(argv):
     raise app.UsageError(f'--{chosen[0]} and --{chosen[1]} do not go together')
   if FLAGS.shared_only and not FLAGS.share:
     raise app.UsageError('--shared_only and --noshare do not go together')
-  cli.prepare_process()
-  from tlflax.sweep import runner, trials
-  with cli.run_errors_as_one_line():
+  with cli.run_errors_as_one_line('the same command resumes the sweep'):
+    cli.prepare_process()
+    from tlflax.sweep import runner, trials
     overrides = trials.load_trials(FLAGS.sweep)
     if FLAGS.list:
       for trial in runner.plan(FLAGS.config, overrides, FLAGS.share):

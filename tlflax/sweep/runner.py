@@ -21,6 +21,7 @@ from tlflax.errors import ConfigError
 from tlflax.resume import config_as_json, listing
 from tlflax.sweep import report
 from tlflax.sweep import trials as trials_lib
+from tlflax.workdir import holds_a_run
 
 SHARED = '_shared'
 # Settings a trial's folder may have been run with otherwise: they do not change its results.
@@ -53,10 +54,11 @@ def plan(base_config, overrides: list[dict], share: bool = True) -> list[Trial]:
 
 
 def finished(workdir: Path, trial: Trial) -> bool:
-  """Whether the trial's run is complete. A folder made with another config (other than in
-  `RESULT_NEUTRAL` settings), finished or not, is a `ConfigError`."""
+  """Whether the trial's run is complete. A folder holding a run (`workdir.holds_a_run`) made with
+  another config (other than in `RESULT_NEUTRAL` settings), finished or not, is a
+  `ConfigError`."""
   folder = workdir / trial.name
-  if (folder / 'config.json').is_file():
+  if holds_a_run(folder) and (folder / 'config.json').is_file():
     stored = json.loads((folder / 'config.json').read_text())
     changed = {key: values for key, values in config_lib.differences(
         stored, config_as_json(trial.config)).items() if key not in RESULT_NEUTRAL}

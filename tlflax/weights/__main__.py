@@ -40,6 +40,9 @@ def main(argv=None) -> int:
   except (WeightsError, DownloadError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # a download leaves no partial file behind (`weights.download`)
+    print('interrupted: nothing was written', file=sys.stderr)
+    return 130
   save_variables(args.output, variables, alpha=args.alpha, include_top=args.include_top,
                  source=str(args.source))
   count = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(variables['params']))

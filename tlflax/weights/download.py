@@ -112,6 +112,7 @@ def fetch(url: str, filename: str, cache_dir: Optional[Path] = None,
     os.replace(partial, target)
     return target
   except Exception as e:
-    raise DownloadError(f'could not get {filename} from {url}: {e}') from e
+    raise DownloadError(f'could not get {filename} from {url}: {e}. Offline, put the file at '
+                        f'{target}, or use a local weights file') from e
   finally:  # also on Ctrl-C; after os.replace there is nothing left to remove
     Path(partial).unlink(missing_ok=True)
