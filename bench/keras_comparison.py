@@ -227,11 +227,12 @@ def keras_predict(workdir: Path) -> int:
   return len(model.predict(images, verbose=0))
 
 
-def tlflax_predict_command(workdir: Path) -> list[str]:
-  """`main.py --mode=predict` on the mini set with the latest tlflax run's workdir and config."""
+def tlflax_predict_command(workdir: Path, output: Path) -> list[str]:
+  """`main.py --mode=predict` on the mini set with the latest tlflax run's workdir and config,
+  writing `output`."""
   run_dir = (workdir / 'latest_tlflax_run').read_text()
   return [sys.executable, str(ROOT / 'main.py'), '--config=configs/cats_dogs.py:local',
-          f'--workdir={run_dir}', '--mode=predict', f'--inputs={DATA}',
+          f'--workdir={run_dir}', '--mode=predict', f'--inputs={DATA}', f'--output={output}',
           f'--config.data.folder={workdir / "data"}',
           f'--config.model.weights={workdir / "weights.msgpack"}',
           f'--config.compute.compilation_cache_dir={workdir / COMPILATION_CACHE}',
@@ -240,8 +241,10 @@ def tlflax_predict_command(workdir: Path) -> list[str]:
 
 def timed_prediction(name: str, workdir: Path) -> dict:
   """A prediction process over the mini set, timed from its start to its end."""
+  csv = workdir / 'tlflax_predictions.csv'
   if name == 'tlflax':
-    command = tlflax_predict_command(workdir)
+    csv.unlink(missing_ok=True)  # predict writes a new file only
+    command = tlflax_predict_command(workdir, csv)
   else:
     command = [sys.executable, __file__, '--worker=keras-predict', f'--workdir={workdir}']
   start = time.perf_counter()
@@ -251,7 +254,6 @@ def timed_prediction(name: str, workdir: Path) -> dict:
     raise RuntimeError(f'{name} prediction failed:\n{result.stdout[-3000:]}\n'
                        f'{result.stderr[-3000:]}')
   if name == 'tlflax':
-    csv = Path((workdir / 'latest_tlflax_run').read_text()) / 'predictions.csv'
     images = len(csv.read_text().splitlines()) - 1
   else:
     images = int(next(line for line in result.stdout.splitlines()

@@ -2,6 +2,7 @@
 splits of any dataset, class-count checks, per-class evaluation and N-way runs end to end."""
 import json
 import logging
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -205,6 +206,13 @@ def test_tf_flowers_splits_are_carved_out_of_train_by_seed(mock_tf_flowers):
     np.testing.assert_allclose(splits[held].class_counts, 0.1 * whole, atol=1)
   assert split_contents(tfds_splits('tf_flowers', 'auto', seed=0)) == contents
   assert split_contents(tfds_splits('tf_flowers', 'auto', seed=1))['test'] != contents['test']
+  # an example's name (as evaluation reports name mistakes) is the TFDS slice that reads it
+  for name in ('train', 'test'):
+    for index in (0, sizes[name] - 1):
+      where = splits[name].locate(index)
+      assert where.startswith('TFDS tf_flowers train[')
+      alone = tfds.builder('tf_flowers').as_dataset(split=where.split()[-1])
+      assert [bytes(x['image']) for x in alone.as_numpy_iterator()] == [contents[name][index]]
 
 
 def test_a_tfds_dataset_without_train_split_is_refused():
@@ -323,7 +331,7 @@ def test_six_classes_end_to_end(tiny_run, tmp_path):
   rows = list(predict(config, workdir, str(folder / 'test')))
   assert len(rows) == 24 and all(len(top) == 5 for *_, top in rows)
   assert all(top[0] == (label, p) and p >= top[1][1] >= top[4][1] for _, label, p, top in rows)
-  header = (workdir / 'predictions.csv').read_text().splitlines()[0].split(',')
+  header = (workdir / 'predictions_checkpoint_latest.csv').read_text().splitlines()[0].split(',')
   assert header[:3] == ['path', 'label', 'probability'] and header[-1] == 'probability_5'
 
   code, output = run_main(workdir, [f'--config.{k}={v}' for k, v in {
@@ -335,21 +343,20 @@ def test_six_classes_end_to_end(tiny_run, tmp_path):
   assert all(name in output for name in names)
 
 
-def test_flowers_recipe_on_real_weights_and_photos_reaches_80_percent(shared_dir, tmp_path):
+def test_flowers_recipe_on_real_weights_and_photos_reaches_80_percent(real_flowers_run):
   """configs/flowers.py:local,cached: 5 classes of real photos (500 training, 100 validation),
   ImageNet weights, 10+10 epochs on cached activations. Keras, augmented, on the same weights and
   photos: 0.832."""
-  from configs import flowers
-  from tlflax.train import train_and_evaluate
-  config = flowers.get_config('local,cached')
-  config.data.folder = str(shared_dir / 'data' / 'flowers_mini')
-  config.model.weights = str(shared_dir / 'weights' / 'mobilenet_v2_1.0_224_ptq.tflite')
-  history = train_and_evaluate(config, tmp_path / 'run').history
+  _, workdir, result = real_flowers_run
+  history = result.history
   assert history['epochs'][-1]['val_accuracy'] >= 0.80
-  report = json.loads((tmp_path / 'run' / 'evaluation' / 'validation.json').read_text())
+  report = json.loads((workdir / 'evaluation' / 'validation.json').read_text())
   assert report['count'] == 100 and np.sum(report['confusion_matrix']) == 100
   assert report['accuracy'] == pytest.approx(history['epochs'][-1]['val_accuracy'])
   assert list(report['per_class']) == ['daisy', 'dandelion', 'roses', 'sunflowers', 'tulips']
+  mistakes = report['most_confident_mistakes']
+  assert mistakes and all(Path(m['example']).is_file() and Path(m['example']).parent.name ==
+                          m['true'] for m in mistakes)  # a person can open each
 
 
 def test_class_weights_reach_the_train_step(tiny_run, tmp_path):

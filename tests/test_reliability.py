@@ -1,7 +1,9 @@
 """Reliability: phase order, a workdir's config, divergence, damaged checkpoints, kills, JSON."""
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -308,14 +310,146 @@ def test_predictions_csv_survives_hostile_file_names(tiny_run, finished_run, tmp
   for name in names:
     shutil.copy(source, inputs / name)
   (inputs / 'loop').symlink_to(inputs, target_is_directory=True)
-  rows = predict(tiny_run, finished_run[0], str(inputs / '**' / '*.jpg'))
+  output = tmp_path / 'predictions.csv'
+  rows = predict(tiny_run, finished_run[0], str(inputs / '**' / '*.jpg'), output=output)
   first_batch = [next(rows) for _ in range(tiny_run.batch_size)]
-  written = list(csv.reader((finished_run[0] / 'predictions.csv').open(encoding='utf-8')))
+  written = list(csv.reader(output.open(encoding='utf-8')))
   assert [r[0] for r in written[1:]] == [p for p, *_ in first_batch]  # already on disk
   every = first_batch + list(rows)
   assert len(every) == len(names)
-  written = list(csv.reader((finished_run[0] / 'predictions.csv').open(encoding='utf-8')))
+  written = list(csv.reader(output.open(encoding='utf-8')))
   assert written[0][:3] == ['path', 'label', 'probability'] and len(written) == len(names) + 1
   assert all(len(row) == 7 for row in written)  # and the top 2 classes with probabilities
   assert sorted(Path(row[0]).name for row in written[1:]) == sorted(
       ['a,b.jpg', 'x\\xfe.jpg', 'plain.jpg', 'quote".jpg', 'five.jpg'])
+
+
+@pytest.fixture(scope='module')
+def longer_epochs(tiny_run, tmp_path_factory):
+  """The tiny recipe's flags on 400 training images (100 steps an epoch), 1 + 1 epochs: an epoch
+  that lasts long enough to be interrupted in."""
+  from runs import make_synthetic_folder
+  folder = make_synthetic_folder(tmp_path_factory.mktemp('longer') / 'images', per_class=200)
+  return [flag if not flag.startswith('--config.data.folder=') else
+          f'--config.data.folder={folder}' for flag in overrides(tiny_run)] + [
+      '--config.phases.fine_tune.epochs=1']
+
+
+def the_line_with(text: str, output: str) -> str:
+  lines = [line for line in output.splitlines() if text in line]
+  assert len(lines) == 1, output[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize('signal_name,phase,saved', [('SIGINT', 'fine_tune', 1),
+                                                     ('SIGTERM', 'feature_extraction', None)])
+def test_a_signalled_run_says_in_one_line_where_it_stopped_and_resumes(longer_epochs, tmp_path,
+                                                                       signal_name, phase, saved):
+  """Ctrl-C (SIGINT) in phase 2's epoch: one line names the phase, epoch and step and the epoch
+  to resume after; the same command resumes there. SIGTERM (a scheduler's preemption) in the
+  first epoch: nothing was saved, and nothing is left in the workdir; the same command starts."""
+  workdir = tmp_path / 'run'
+  run = fault_injection.WatchedRun(workdir, longer_epochs)
+  def in_the_epoch():  # the phase's first step (its compilation) done
+    text = ''.join(run.lines)
+    start = text.find(f"Compiling the training step of phase '{phase}'")
+    return start >= 0 and 'Compiled and ran the first step' in text[start:]
+  assert run.wait_for(in_the_epoch), ''.join(run.lines)[-3000:]
+  number = getattr(signal, signal_name)
+  assert run.kill(number)
+  output = ''.join(run.lines)
+  assert run.process.returncode == -number  # ended by the signal, as a shell expects (130, 143)
+  assert 'Traceback' not in output, output[-3000:]
+  line = the_line_with('interrupted', output)
+  assert line == output.strip().splitlines()[-1]
+  match = re.fullmatch(rf"interrupted by {signal_name} during phase '{phase}', epoch 1/1 "
+                       r'\(global (\d)\), after (\d+) of 100 steps; (.*)', line)
+  assert match, line
+  assert int(match.group(1)) == (1 if phase == 'feature_extraction' else 2)
+  assert 1 <= int(match.group(2)) < 100  # in the epoch, after its first step
+  if saved:
+    assert match.group(3) == (f'epochs up to {saved} are saved in {workdir}: run the same command '
+                              f'again to resume after epoch {saved}')
+  else:
+    assert match.group(3) == ('no epoch was saved, so nothing was kept: the same command starts '
+                              'the run again')
+    assert not workdir.exists()  # this start made it, and left nothing
+  code, output = run_main(workdir, longer_epochs)
+  assert code == 0, output[-3000:]
+  assert (f'after epoch {saved}' in the_line_with('Resuming from', output) if saved
+          else 'Resuming' not in output)
+  assert [e['epoch'] for e in strict_json(workdir / 'history.json')['epochs']] == [1, 2]
+  last = output.strip().splitlines()[-1]  # the run's result and where its files are
+  accuracy = strict_json(workdir / 'test_metrics.json')['accuracy']
+  assert last.startswith(f'finished: test accuracy {accuracy:.4f} on 200 images; in {workdir}: '
+                         'history.json, test_metrics.json, evaluation/'), last
+
+
+def test_a_checkpoint_being_written_when_a_signal_comes_is_finished(tiny_run, tmp_path,
+                                                                     monkeypatch):
+  """A SIGTERM that arrives right after epoch 2's checkpoint was handed to orbax (which writes it
+  in the background): the run waits for it, so epoch 2 is saved, and says so."""
+  from tlflax import checkpoints, interrupts, workdir
+  save = checkpoints.Checkpoints.save
+
+  def save_then_signal(self, epoch, *args):
+    save(self, epoch, *args)
+    if epoch == 2:
+      raise interrupts.Interrupted(signal.SIGTERM)
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', save_then_signal)
+  with pytest.raises(interrupts.Interrupted) as raised:
+    train_and_evaluate(tiny_run, tmp_path / 'run')
+  assert workdir.saved_epochs(tmp_path / 'run') == [1, 2]
+  assert raised.value.during == 'the saving of epoch 2'
+  assert raised.value.outcome.endswith('resume after epoch 2')
+
+
+def test_a_start_that_fails_leaves_nothing_that_blocks_a_corrected_retry(tiny_run, tmp_path):
+  """Weights that do not load (as `imagenet` offline): the start stops with one line and removes
+  what it made (the workdir it created; in an existing one, its own files only); the retry with
+  other weights and epochs trains. A config.json without checkpoints (an older tlflax's failed
+  start) is not a run to protect either."""
+  broken = tmp_path / 'broken.h5'
+  broken.write_bytes(b'not HDF5')
+  flags = [f for f in overrides(tiny_run) if not f.startswith('--config.model.weights=')]
+  for workdir in (tmp_path / 'new', tmp_path / 'existing'):
+    if workdir.name == 'existing':
+      workdir.mkdir()
+      (workdir / 'notes.txt').write_text('mine')
+    code, output = run_main(workdir, [*flags, f'--config.model.weights={broken}'])
+    assert code == 1 and 'Traceback' not in output, output[-3000:]
+    assert str(broken) in the_line_with('error:', output)
+    assert (sorted(p.name for p in workdir.iterdir()) == ['notes.txt'] if workdir.name ==
+            'existing' else not workdir.exists())
+  write_json(tmp_path / 'existing' / 'config.json', {'seed': 5, 'phases': {}})  # a stale one
+  retry = [*flags, f'--config.model.weights={tiny_run.model.weights}',
+           '--config.phases.fine_tune.epochs=1']
+  code, output = run_main(tmp_path / 'existing', retry)
+  assert code == 0, output[-3000:]
+  assert strict_json(tmp_path / 'existing' / 'config.json')['phases']['fine_tune']['epochs'] == 1
+  assert (tmp_path / 'existing' / 'notes.txt').read_text() == 'mine'
+
+
+def test_predict_never_replaces_a_file(tiny_run, finished_run, tmp_path):
+  """Each predict writes a new file, named by its source, numbered when the name is taken;
+  `--output` names the file, and an existing one is refused, untouched."""
+  workdir = copy_of(finished_run, tmp_path)
+  inputs = str(Path(tiny_run.data.folder) / 'test' / 'cat')
+  written = []
+  for _ in range(2):
+    code, output = run_main(workdir, finished_run[1], '--mode=predict', f'--inputs={inputs}')
+    assert code == 0, output[-3000:]
+    written.append(the_line_with('wrote', output).split()[-1])
+  assert written == [f'{workdir}/predictions_checkpoint_latest.csv',
+                     f'{workdir}/predictions_checkpoint_latest_2.csv']
+  first = Path(written[0]).read_text()
+  assert Path(written[1]).read_text() == first and len(first.splitlines()) == 7  # header + 6
+  chosen = tmp_path / 'mine.csv'
+  code, output = run_main(workdir, finished_run[1], '--mode=predict', f'--inputs={inputs}',
+                          f'--output={chosen}')
+  assert code == 0 and chosen.read_text() == first, output[-3000:]
+  chosen.write_text('keep me')
+  code, output = run_main(workdir, finished_run[1], '--mode=predict', f'--inputs={inputs}',
+                          f'--output={chosen}')
+  assert code == 1 and 'exists: predict never replaces a file' in the_line_with('error:', output)
+  assert chosen.read_text() == 'keep me'

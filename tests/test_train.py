@@ -1,6 +1,10 @@
 """The two-phase trainer: freezing, config errors, outputs, resume, and the CLI."""
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -11,7 +15,7 @@ import pytest
 from flax import serialization, traverse_util
 from PIL import Image
 
-from runs import cats_dogs, run_main
+from runs import ROOT, cats_dogs, run_main
 from tlflax import optim, param_groups, weights
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.config import ConfigError, ordered_phases, phase
@@ -162,9 +166,25 @@ def test_default_and_local_configs_are_valid():
   assert local.phases.fine_tune.fine_tune_at == 100 and local.phases.fine_tune.learning_rate == 1e-5
 
 
-def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog):
+def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypatch):
+  from tlflax import plots
+  from tlflax.data.sources import folder_splits
+  grid = {}
+  gallery = plots.image_gallery
+
+  def spied_gallery(images, titles, title, path, columns=4, marked=()):
+    grid.update(titles=titles, marked=set(marked))
+    gallery(images, titles, title, path, columns, marked)
+  monkeypatch.setattr(plots, 'image_gallery', spied_gallery)  # predictions.png is the last
   workdir = tmp_path / 'run'
   history = train_and_evaluate(tiny_run, workdir).history
+  test = folder_splits(tiny_run.data.folder)['test']
+  chosen = np.random.default_rng(tiny_run.seed).permutation(test.num_examples)[:9]
+  shown = [Path(test.locate(i)) for i in chosen]
+  assert [t.split('\n')[0] for t in grid['titles']] == [f'true {p.parent.name}' for p in shown]
+  predicted = [t.split('\n')[1].split()[1] for t in grid['titles']]
+  assert grid['marked'] == {i for i, p in enumerate(shown) if predicted[i] != p.parent.name}
+  assert all(('WRONG' in t) == (i in grid['marked']) for i, t in enumerate(grid['titles']))
   for name in ('config.json', 'history.json', 'test_metrics.json', 'final_variables.msgpack',
                'learning_curves.png', 'predictions.png', 'phases/feature_extraction',
                'phases/fine_tune', 'checkpoints'):
@@ -193,10 +213,12 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog):
       ['dog', 'cat'] if p > 0.5 else ['cat', 'dog'] for p in p_dog]  # top k = both classes
   np.testing.assert_allclose([top[1][1] for _, _, _, top in rows], np.minimum(p_dog, 1 - p_dog),
                              atol=1e-5)
+  verdicts = {Path(path).name: label for path, label, _, _ in rows}
+  assert predicted == [verdicts[p.name] for p in shown]  # the grid shows the model's verdicts
   correct = sum(label == Path(path).parent.name for path, label, _, _ in rows)
   assert correct == round(history['test']['accuracy'] * 12)  # predict agrees with evaluate
   assert correct >= 9  # the two synthetic classes are easy: it learnt them
-  csv = (workdir / 'predictions.csv').read_text().splitlines()
+  csv = (workdir / 'predictions_checkpoint_latest.csv').read_text().splitlines()
   assert csv[0] == 'path,label,probability,class_1,probability_1,class_2,probability_2'
   assert len(csv) == 13
   test_folder = Path(tiny_run.data.folder) / 'test'
@@ -215,18 +237,94 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog):
   assert [Path(m.split()[1].rstrip(':')).name for m in warned] == ['broken.jpg', 'z_broken.jpg']
 
 
+def one_error_line(output: str) -> str:
+  """The output's only `error:` line (failing if there are none or several, or a traceback)."""
+  assert 'Traceback' not in output, output[-3000:]
+  errors = [line for line in output.splitlines() if 'error' in line.lower()]
+  assert len(errors) == 1, output[-3000:]
+  return errors[0]
+
+
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
-  code, output = run_main(tmp_path / 'w', ['--config.data.folder=/no/such/folder',
-                                           '--config.model.weights=none'])
-  assert code == 1 and 'error: image folder /no/such/folder does not exist' in output
-  assert 'Traceback' not in output
+  missing = ['--config.data.folder=/no/such/folder', '--config.model.weights=none']
+  code, output = run_main(tmp_path / 'w', missing)
+  assert code == 1
+  assert one_error_line(output) == ('error: image folder /no/such/folder does not exist or is '
+                                    'not a folder')
+  assert output.count('/no/such/folder') == 1  # printed once, not logged as well
+  # the libraries' own lines (TensorFlow's import, JAX's backends) are hidden, unless asked for
+  library_lines = ("Unable to initialize backend 'tpu'", 'absl::InitializeLog', 'oneDNN')
+  assert not any(line in output for line in library_lines), output[-3000:]
+  code, with_libraries = run_main(tmp_path / 'w', [*missing, '--library_logs'])
+  assert code == 1 and any(line in with_libraries for line in library_lines), output[-3000:]
   code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.betas=0.9'])
-  assert code == 2 and "unknown config key 'betas'" in output and 'Traceback' not in output
+  assert code == 2 and "unknown config key 'betas'" in one_error_line(output)
   code, output = run_main(tmp_path / 'w', [], '--mode=evaluate')
-  assert code == 1 and 'no checkpoint' in output
+  assert code == 1 and 'no checkpoint' in one_error_line(output)
   # a comma-separated phase_order override is split into names
   code, output = run_main(tmp_path / 'w', ['--config.phase_order=fine_tune,fine_tune'])
-  assert code == 1 and "names twice ['fine_tune']" in output and 'Traceback' not in output
+  assert code == 1 and "names twice ['fine_tune']" in one_error_line(output)
+
+
+def test_the_prediction_grid_shows_true_and_predicted_classes_and_marks_the_wrong(monkeypatch,
+                                                                                  tmp_path):
+  from tlflax import plots
+  seen = {}
+  monkeypatch.setattr(plots, 'image_gallery', lambda images, titles, title, path, columns,
+                      marked: seen.update(titles=titles, marked=marked))
+  plots.prediction_grid(np.zeros((3, 8, 8, 3)), ['cat', 'dog', 'cat'], ['cat', 'cat', 'cat'],
+                        [0.9, 0.7, 0.6], tmp_path / 'grid.png')
+  assert seen['titles'] == ['true cat\npredicted cat (0.90)',
+                            'true dog\npredicted cat (0.70) WRONG',
+                            'true cat\npredicted cat (0.60)']
+  assert seen['marked'] == {1}
+
+
+def test_a_misspelt_key_and_a_missing_config_file_are_plain_lines(tmp_path):
+  code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.learning_rat=3'])
+  assert code == 2
+  assert one_error_line(output).startswith(
+      "error: --config.phases.fine_tune.learning_rat: unknown config key 'learning_rat' (did you "
+      "mean 'learning_rate' instead of 'learning_rat'?)")
+  code, output = run_main(tmp_path / 'w', [], config_file='configs/nope.py')
+  assert code == 2
+  assert "No such file or directory: 'configs/nope.py'" in one_error_line(output)
+  code, output = run_main(tmp_path / 'w', [], config_file='configs/cats_dogs.py:lcoal')
+  assert code == 2 and "unknown config variant 'lcoal'" in one_error_line(output)
+  assert not (tmp_path / 'w').exists()
+
+
+def read_only_command(folder: Path, command: list) -> list:
+  """`command` run where `folder` cannot be written: a read-only tmpfs mounted over it in a mount
+  namespace of its own (as root, whom file permissions do not stop), else permissions 555."""
+  if os.geteuid() != 0:
+    folder.chmod(0o555)
+    return command
+  if not shutil.which('unshare') or subprocess.run(['unshare', '--mount', 'true']).returncode:
+    pytest.skip('running as root without a mount namespace of its own (unshare --mount: no '
+                'CAP_SYS_ADMIN): no way to make a read-only folder')
+  return ['unshare', '--mount', 'sh', '-c',
+          'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"', str(folder), *command]
+
+
+def test_a_workdir_that_is_a_file_or_read_only_stops_with_one_line(tmp_path):
+  a_file = tmp_path / 'file'
+  a_file.write_text('not a folder')
+  code, output = run_main(a_file, ['--config.model.weights=none'])
+  assert code == 1
+  assert one_error_line(output) == f'error: the workdir {a_file} is a file; name a folder'
+  read_only = tmp_path / 'read_only'
+  read_only.mkdir()
+  command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/cats_dogs.py',
+             f'--workdir={read_only}', '--config.model.weights=none']
+  done = subprocess.run(read_only_command(read_only, command), cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  output = done.stdout + done.stderr
+  assert done.returncode == 1
+  assert one_error_line(output) == (f'error: cannot write in the workdir {read_only}: Read-only '
+                                    'file system' if os.geteuid() == 0 else
+                                    f'error: cannot write in the workdir {read_only}: Permission '
+                                    'denied')
 
 
 def test_recipe_on_real_weights_and_data_reaches_95_percent(real_cats_dogs_run):

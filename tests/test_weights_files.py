@@ -38,6 +38,10 @@ def test_convert_command_ports_tflite(tmp_path, tflite_path, capsys):
   assert convert_main([str(tflite_path), str(output)]) == 0
   assert '2,223,872 parameters' in capsys.readouterr().out
   assert_same_variables(load_pretrained(str(output)), load_pretrained(str(tflite_path)))
+  leaves = jax.tree.leaves(load_variables(output)[0])
+  assert {leaf.dtype for leaf in leaves} == {np.dtype(np.float32)}  # the model's, not float64
+  values = sum(leaf.size for leaf in leaves)  # parameters and BatchNorm statistics
+  assert output.stat().st_size < 4 * values * 1.01
 
 
 def test_convert_command_reports_errors_without_traceback(tmp_path, capsys):

@@ -73,9 +73,14 @@ def per_class_report(objective: Objective, logits: np.ndarray, labels: np.ndarra
 
 
 def evaluate_split(feed, variables: dict, split: str) -> dict:
-  """The per-class report of `split` through `feed` (an `ImageFeed`)."""
+  """The per-class report of `split` through `feed` (an `ImageFeed`); each mistake also names
+  its example (`Source.locate`: a file path, or the TFDS slice that reads it)."""
   logits, labels = collect_logits(feed.logits_step, variables, feed.evaluation(split))
-  return per_class_report(feed.objective, logits, labels, feed.splits[split].class_names)
+  source = feed.splits[split]
+  report = per_class_report(feed.objective, logits, labels, source.class_names)
+  for mistake in report['most_confident_mistakes']:
+    mistake['example'] = source.locate(mistake['index'])
+  return report
 
 
 def write_report(report: dict, feed, split: str, out_dir: Path):

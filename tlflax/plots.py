@@ -32,15 +32,21 @@ def learning_curves(history: dict, path):
   plt.close(figure)
 
 
-def image_gallery(images, titles, title: str, path, columns: int = 4):
-  """A grid of uint8 (or [0, 1] float) images, each with its title, under a figure `title`."""
+def image_gallery(images, titles, title: str, path, columns: int = 4, marked=()):
+  """A grid of uint8 (or [0, 1] float) images, each with its title, under a figure `title`; the
+  images at the indices in `marked` get a red frame and a red title."""
   rows = max(1, -(-len(images) // columns))
   figure = plt.figure(figsize=(3 * columns, 3.2 * rows + 0.6))
   for i, (image, caption) in enumerate(zip(images, titles)):
     axis = figure.add_subplot(rows, columns, i + 1)
     axis.imshow(image)
-    axis.set_title(caption, fontsize=9)
-    axis.axis('off')
+    axis.set_xticks([])
+    axis.set_yticks([])
+    frame = 'red' if i in marked else 'none'
+    for spine in axis.spines.values():
+      spine.set_edgecolor(frame)
+      spine.set_linewidth(4)
+    axis.set_title(caption, fontsize=9, color='red' if i in marked else 'black')
   if not len(images):
     figure.text(0.5, 0.5, 'none', ha='center', va='center')
   figure.suptitle(title)
@@ -49,11 +55,14 @@ def image_gallery(images, titles, title: str, path, columns: int = 4):
   plt.close(figure)
 
 
-def prediction_grid(images, labels, probabilities, path):
-  """The tutorial's 3x3 grid of images in [-1, 1], titled with predicted class and probability."""
+def prediction_grid(images, true_labels, predicted_labels, probabilities, path):
+  """The tutorial's 3x3 grid of images in [-1, 1], titled with the true class, the predicted one
+  and its probability; wrong predictions are framed and titled in red."""
+  wrong = {i for i, (t, p) in enumerate(zip(true_labels, predicted_labels)) if t != p}
   image_gallery(np.clip((np.asarray(images[:9]) + 1) / 2, 0, 1),
-                [f'{label} ({p:.2f})' for label, p in zip(labels, probabilities)],
-                'Predictions', path, columns=3)
+                [f'true {t}\npredicted {p} ({q:.2f})' + (' WRONG' if i in wrong else '')
+                 for i, (t, p, q) in enumerate(zip(true_labels, predicted_labels, probabilities))],
+                'Predictions on test images (wrong ones in red)', path, columns=3, marked=wrong)
 
 
 def confusion_matrix(matrix, class_names, title: str, path):

@@ -1,17 +1,19 @@
 """Classifying a user's images with a trained workdir: `predict` and the image listing it reads.
 
-`predict` uses a checkpoint of a workdir, `predict_exported` an exported TFLite file. Rows go to
-`WORKDIR/predictions.csv` (written with the `csv` module) as each batch is classified,
-so an interrupted run keeps what it did: `path,label,probability` (the top class and its
-probability), then `class_i,probability_i` for the top k = min(5, classes) classes. Images are
+`predict` uses a checkpoint of a workdir, `predict_exported` an exported TFLite file. Rows go to a
+CSV file (`output_path`: the one asked for, else `WORKDIR/predictions_<source>.csv`; an existing
+file is never replaced), written with the `csv` module as each batch is classified, so an
+interrupted run keeps what it did: `path,label,probability` (the top class and its probability),
+then `class_i,probability_i` for the top k = min(5, classes) classes. Images are
 read and decoded in parallel by tf.data. File names that are not valid UTF-8 appear with backslash
 escapes.
 """
 import csv
 import glob
+import itertools
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import jax
 import numpy as np
@@ -21,11 +23,12 @@ from absl import logging
 from tlflax import chunking, parallel
 from tlflax.classifier import backbone_layers
 from tlflax.data import transforms
-from tlflax.data.folders import IMAGE_EXTENSIONS, too_large
+from tlflax.data.folders import IMAGE_EXTENSIONS, printable, too_large
 from tlflax.data.pipeline import without_autotuning
 from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
 from tlflax.train import check_config, restore_for_inference
+from tlflax.workdir import writable
 
 
 def list_images(inputs: str) -> list[Path]:
@@ -47,9 +50,28 @@ def list_images(inputs: str) -> list[Path]:
   return images
 
 
-def printable(path) -> str:
-  """`path` as text, with bytes that are not UTF-8 as backslash escapes."""
-  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+def source_name(model: Optional[str], checkpoint: str) -> str:
+  """What a predictions CSV is named by: the exported model file (its name without the suffix),
+  else the checkpoint ('checkpoint_latest', 'checkpoint_best', 'checkpoint_7')."""
+  return Path(model).stem if model else f'checkpoint_{checkpoint}'
+
+
+def output_path(workdir, output: Optional[str], source: str) -> Path:
+  """Where predictions go: `output`, if given, which must not exist yet; else
+  `WORKDIR/predictions_<source>.csv`, or `..._2.csv`, `..._3.csv`, ... when that is taken. No
+  earlier file is ever replaced (`DataError`)."""
+  if output:
+    path = Path(output).expanduser()
+    if path.exists():
+      raise DataError(f'--output {path} exists: predict never replaces a file; name another one '
+                      'or remove it')
+    return path
+  folder = Path(workdir)
+  path = folder / f'predictions_{source}.csv'
+  for number in itertools.count(2):
+    if not path.exists():
+      return path
+    path = folder / f'predictions_{source}_{number}.csv'
 
 
 def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare):
@@ -80,9 +102,15 @@ def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare)
 def _classified(batches, classify, class_names, batch_size: int, csv_path) -> Iterator[tuple]:
   """Rows (path, class name, probability, top k) of `classify`'s (b, classes) probabilities for
   each batch, padded to `batch_size` (so one compilation or one tensor allocation serves all),
-  written to `csv_path` as they come."""
+  written to the new file `csv_path` as they come."""
   k = min(TOP_K, len(class_names))
-  with open(csv_path, 'w', newline='', encoding='utf-8') as f:
+  logging.info('Writing the predictions to %s', csv_path)
+  writable(Path(csv_path).parent, 'the folder of the predictions CSV')
+  try:
+    f = open(csv_path, 'x', newline='', encoding='utf-8')  # never an existing file
+  except FileExistsError as e:
+    raise DataError(f'{csv_path} exists: predict never replaces a file') from e
+  with f:
     writer = csv.writer(f)
     writer.writerow(['path', 'label', 'probability', *(
         f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
@@ -102,11 +130,12 @@ def _classified(batches, classify, class_names, batch_size: int, csv_path) -> It
       yield from rows
 
 
-def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterator[tuple]:
+def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
+            output: Optional[str] = None) -> Iterator[tuple]:
   """Yields (path, class name, probability, [(class, probability)] top k) for each readable image
   of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best'
-  or an epoch: `restore_for_inference`) `batch_size` at a time, and writes the rows to
-  WORKDIR/predictions.csv as they come."""
+  or an epoch: `restore_for_inference`) `batch_size` at a time, and writes the rows as they come
+  to `output_path(workdir, output, 'checkpoint_<checkpoint>')`."""
   check_config(config)
   trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
   chunk = chunking.resolve(config.compute.frozen_chunk)  # the images go to one device
@@ -117,7 +146,8 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest') -> Iterato
       lambda encoded: transforms.preprocess(encoded, config.image_size, config.data.max_pixels))
   yield from _classified(
       batches, lambda images: trained.objective.probabilities(apply(trained.variables, images)),
-      trained.class_names, config.batch_size, Path(workdir) / 'predictions.csv')
+      trained.class_names, config.batch_size,
+      output_path(workdir, output, source_name(None, checkpoint)))
 
 
 def exported_labels(model_path) -> list[str]:
@@ -128,11 +158,12 @@ def exported_labels(model_path) -> list[str]:
   return path.read_text(encoding='utf-8').splitlines()
 
 
-def predict_exported(model_path, workdir, inputs: str, batch_size: int,
-                     max_pixels: int) -> Iterator[tuple]:
+def predict_exported(model_path, workdir, inputs: str, batch_size: int, max_pixels: int,
+                     output: Optional[str] = None) -> Iterator[tuple]:
   """`predict` with an exported TFLite file (`tlflax.export`) instead of a checkpoint: the same
   rows, from images decoded and resized as for the checkpoint and rounded to the uint8 the model
-  takes (`transforms.exported_model_input`)."""
+  takes (`transforms.exported_model_input`), written to `output_path(workdir, output, <the
+  model file's name without .tflite>)`."""
   from tlflax.export.tflite import TFLiteClassifier
   model = TFLiteClassifier(model_path)
   class_names = exported_labels(model_path)
@@ -142,6 +173,5 @@ def predict_exported(model_path, workdir, inputs: str, batch_size: int,
   batches = _image_batches(
       list_images(inputs), batch_size, max_pixels,
       lambda encoded: transforms.exported_model_input(encoded, model.image_size, max_pixels))
-  Path(workdir).mkdir(parents=True, exist_ok=True)
   yield from _classified(batches, model, class_names, batch_size,
-                         Path(workdir) / 'predictions.csv')
+                         output_path(workdir, output, source_name(model_path, '')))

@@ -23,6 +23,16 @@ def write_json(path: Path, value):
   write_atomically(path, json.dumps(value, indent=2, allow_nan=False).encode())
 
 
+# What a finished run leaves in its workdir for a person to open first.
+MAIN_OUTPUTS = ('history.json', 'test_metrics.json', 'evaluation/', 'learning_curves.png',
+                'predictions.png', 'final_variables.msgpack', 'checkpoints/', 'tensorboard/')
+
+
+def main_outputs(workdir) -> list[str]:
+  """The `MAIN_OUTPUTS` that `workdir` holds."""
+  return [name for name in MAIN_OUTPUTS if (Path(workdir) / name).exists()]
+
+
 def write_reports(run, history: dict, variables: dict):
   """history.json, test_metrics.json, final_variables.msgpack and the two figures."""
   write_json(run.workdir / 'history.json', history)
@@ -33,10 +43,11 @@ def write_reports(run, history: dict, variables: dict):
   # the tutorial's 3x3 grid, of test images chosen by seed (the split may be in class order)
   test, config = run.splits['test'], run.image_feed.config
   chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
-  found = sources.images_at(test, chosen, config.image_size, config.max_pixels,
-                            prepare=transforms.preprocess)
-  images = np.stack([found[i] for i in chosen])
+  found = sources.examples_at(test, chosen, config.image_size, config.max_pixels,
+                              prepare=transforms.preprocess)
+  images = np.stack([found[i][0] for i in chosen])
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, images)))
-  plots.prediction_grid(images, [run.class_names[i] for i in probabilities.argmax(1)],
+  plots.prediction_grid(images, [run.class_names[found[i][1]] for i in chosen],
+                        [run.class_names[i] for i in probabilities.argmax(1)],
                         probabilities.max(1), run.workdir / 'predictions.png')

@@ -38,6 +38,11 @@ class LabelledFiles:
                          tuple(self.labels[i] for i in indices))
 
 
+def printable(path) -> str:
+  """`path` as text, with bytes that are not UTF-8 as backslash escapes."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
 def _visible_entries(folder: Path):
   return sorted((e for e in os.scandir(folder) if not e.name.startswith('.')), key=lambda e: e.name)
 

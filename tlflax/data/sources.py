@@ -39,6 +39,10 @@ def _read_nothing(record: dict) -> dict:
   return record
 
 
+def _position(index: int) -> str:
+  return f'example {index}'
+
+
 def process_range(num_examples: int, index: Optional[int] = None) -> tuple[int, int]:
   """[start, end) of process `index`'s (default this process's) contiguous shard of a split: the
   `jax.process_count()` shards differ in size by at most one, larger first (TFDS's `even_splits`
@@ -65,8 +69,9 @@ def gather_shards(local: np.ndarray, num_examples: int) -> np.ndarray:
 class Source:
   """One split: `records_between(start, end)` gives the records at those split positions (reading
   no others, except between the first and last of a carved TFDS split's); `read` turns a record
-  into {'image': encoded bytes, 'label': int32}. Also its size, the dataset's class names and the
-  split's number of examples of each class.
+  into {'image': encoded bytes, 'label': int32}. Also its size, the dataset's class names, the
+  split's number of examples of each class, and `locate`, which names the example at a split
+  position so that a person can open it (a file path, or the TFDS slice that reads it).
 
   An image folder's records are file names (opened only by `read`); a TFDS split's are its
   examples, read through a TFDS slice of just those positions. So a process that takes its shard
@@ -77,6 +82,7 @@ class Source:
   class_counts: tuple[int, ...]
   read: Callable[[dict], dict] = _read_nothing
   small_records: bool = False  # file names: a whole shard of them fits in memory
+  locate: Callable[[int], str] = _position
 
   @property
   def records(self) -> tf.data.Dataset:
@@ -108,23 +114,32 @@ def _slicer(records: tf.data.Dataset) -> Callable[[int, int], tf.data.Dataset]:
   return lambda start, end: records.skip(start).take(end - start)
 
 
-def images_at(source, indices, image_size: int, max_pixels: int,
-              prepare=transforms.exported_model_input) -> dict[int, np.ndarray]:
-  """{index: `prepare(encoded image, image_size, max_pixels)`} for the examples of `source` at
-  `indices`; by default uint8 (size, size, 3) images, as exported models take them."""
+def examples_at(source, indices, image_size: int, max_pixels: int,
+                prepare=transforms.exported_model_input) -> dict[int, tuple[np.ndarray, int]]:
+  """{index: (`prepare(encoded image, image_size, max_pixels)`, label)} for the examples of
+  `source` at `indices`; by default uint8 (size, size, 3) images, as exported models take them."""
   if not len(indices):
     return {}
   wanted = tf.constant(sorted(indices), tf.int64)
+
+  def prepared(i, record):
+    example = source.read(record)
+    return i, prepare(example['image'], image_size, max_pixels), example['label']
   found = (source.records.enumerate()  # only the wanted examples are read
            .filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
-           .map(lambda i, record: (i, prepare(source.read(record)['image'], image_size,
-                                              max_pixels)),
-                num_parallel_calls=tf.data.AUTOTUNE))
-  return {int(i): image for i, image in found.as_numpy_iterator()}
+           .map(prepared, num_parallel_calls=tf.data.AUTOTUNE))
+  return {int(i): (image, int(label)) for i, image, label in found.as_numpy_iterator()}
+
+
+def images_at(source, indices, image_size: int, max_pixels: int,
+              prepare=transforms.exported_model_input) -> dict[int, np.ndarray]:
+  """The images of `examples_at`, without their labels."""
+  return {i: image for i, (image, _) in examples_at(source, indices, image_size, max_pixels,
+                                                    prepare).items()}
 
 
 def _source(records_between, labels, class_names, what: str = '', read=_read_nothing,
-            small_records: bool = False) -> Source:
+            small_records: bool = False, locate=_position) -> Source:
   labels = np.asarray(labels, np.int64)
   outside = labels[(labels < 0) | (labels >= len(class_names))]
   if outside.size:
@@ -132,7 +147,7 @@ def _source(records_between, labels, class_names, what: str = '', read=_read_not
                     f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
   counts = np.bincount(labels, minlength=len(class_names))
   return Source(records_between, len(labels), tuple(class_names), tuple(int(c) for c in counts),
-                read, small_records)
+                read, small_records, locate)
 
 
 def check_split_scheme(name: str):
@@ -192,8 +207,8 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
     return dataset.map(lambda x: {'image': x[image_key],
                                   'label': tf.cast(x[label_key], tf.int32)})
 
-  def slice_of(spec: str) -> tuple[Callable[[int, int], tf.data.Dataset], int]:
-    """(records_between, size) of a TFDS split spec such as 'train[80%:90%]'."""
+  def slice_of(spec: str) -> tuple[Callable[[int, int], tf.data.Dataset], int, Callable]:
+    """(records_between, size, locate) of a TFDS split spec such as 'train[80%:90%]'."""
     try:
       (where,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(builder.info.splits)
     except (KeyError, ValueError) as e:  # TFDS's "Unknown split"
@@ -207,7 +222,10 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
       if end <= start:  # TFDS refuses empty slices
         return read(where.splitname).take(0)
       return read(f'{where.splitname}[{offset + start}:{offset + end}]')
-    return records_between, size
+
+    def locate(index: int) -> str:  # the slice that reads the example alone
+      return f'TFDS {name} {where.splitname}[{offset + index}:{offset + index + 1}]'
+    return records_between, size, locate
 
   def labels_of(records_between, size: int) -> np.ndarray:
     local = records_between(*process_range(size)).map(lambda x: x['label'])
@@ -221,25 +239,26 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
                       "cats_vs_dogs) would ignore: use --config.data.split_scheme=auto")
     slices = {split: slice_of(spec) for split, spec in SPLIT_SCHEMES[split_scheme].items()}
     splits = {split: _source(records_between, labels_of(records_between, size), class_names,
-                             f'TFDS {name} {split} split')
-              for split, (records_between, size) in slices.items()}
+                             f'TFDS {name} {split} split', locate=locate)
+              for split, (records_between, size, locate) in slices.items()}
   else:
     present = [s for s in carving.SPLITS if s in builder.info.splits]
     if 'train' not in present:
       raise DataError(f"TFDS {name} has no 'train' split; it has {sorted(builder.info.splits)}")
     slices = {split: slice_of(split) for split in present}
-    labels = {split: labels_of(*slices[split]) for split in present}
+    labels = {split: labels_of(*slices[split][:2]) for split in present}
     for split in present[1:]:
       if labels[split].size and np.all(labels[split] == -1):
         logging.info('TFDS %s: its %s split is unlabelled; carving one out instead', name, split)
         del labels[split]
     splits = {}
     for split, (parent, indices) in carving.carve(labels, seed).items():
-      records_between = slices[parent][0]
+      records_between, _, locate = slices[parent]
       if len(indices) < len(labels[parent]):
         records_between = _subset(records_between, indices)
       splits[split] = _source(records_between, labels[parent][indices], class_names,
-                              f'TFDS {name} {parent} split')
+                              f'TFDS {name} {parent} split',
+                              locate=lambda i, at=locate, kept=indices: at(int(kept[i])))
   for split, source in splits.items():
     if not source.num_examples:
       raise DataError(f'TFDS {name}: the {split} split is empty')
@@ -275,7 +294,8 @@ def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str
         {'image': [os.fsencode(p) for p in split.paths],
          'label': tf.constant(split.labels, tf.int32)})
     return _source(_slicer(records), split.labels, class_names, read=_read_file,
-                   small_records=True)
+                   small_records=True,
+                   locate=lambda i: folders.printable(os.path.abspath(split.paths[i])))
 
   return {split: source(split_files) for split, split_files in files.items()}
 

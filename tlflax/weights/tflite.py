@@ -63,7 +63,8 @@ class _Graph:
     scale, zero_point = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()
     if np.size(scale) > 1:  # per-channel
       shape[quantization.QuantizedDimension()] = -1
-    return (array - np.reshape(zero_point, shape)) * np.reshape(scale, shape)
+    dequantized = (array - np.reshape(zero_point, shape)) * np.reshape(scale, shape)
+    return dequantized.astype(np.float32)  # int64 zero points would make it float64
 
 
 def _kernel_and_bias(graph: _Graph, op_index: int):
