@@ -11,9 +11,7 @@ int8 TFLite model's accuracy and top-1 agreement are printed against the float o
 """
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
@@ -21,6 +19,7 @@ from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from photos import labelled_images, median_ms  # noqa: E402  (bench/)
 
 config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'A trained workdir with an export/ folder.')
@@ -29,16 +28,6 @@ flags.DEFINE_string('photos', str(ROOT.parent / 'shared' / 'data' / 'cats_vs_dog
 flags.DEFINE_integer('runs', 100, 'Timed single-image calls per model.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
-
-
-def median_ms(call, image, runs: int) -> float:
-  call(image)  # warm-up: compilation, tensor allocation
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    call(image)
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
 
 
 def main(_):
@@ -57,16 +46,7 @@ def main(_):
   folder = Path(FLAGS.workdir) / 'export'
   record = json.loads((folder / 'export.json').read_text())
   files = record['files']
-  size = record['input']['shape'][1]
-  classes = record['classes']
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    found = sorted((Path(FLAGS.photos) / name).glob('*'))
-    paths += found
-    labels += [label] * len(found)
-  images = np.stack([transforms.exported_model_input(tf.io.read_file(str(p)), size).numpy()
-                     for p in paths])
-  labels = np.array(labels)
+  images, labels = labelled_images(FLAGS.photos, record['classes'], record['input']['shape'][1])
 
   trained = restore_for_inference(FLAGS.config, FLAGS.workdir, parallel.data_mesh())
   apply = jax.jit(lambda x: trained.objective.probabilities(trained.model.apply(
@@ -80,7 +60,7 @@ def main(_):
       'tflite_int8': TFLiteClassifier(folder / files['tflite_int8']),
   }
   results = {}
-  print(f'{len(paths)} photos, {os.cpu_count()} CPUs; single image, median of {FLAGS.runs}:')
+  print(f'{len(labels)} photos, {os.cpu_count()} CPUs; single image, median of {FLAGS.runs}:')
   for name, call in models.items():
     latency = median_ms(call, images[:1], FLAGS.runs)
     batches = [call(images[i:i + 32]) for i in range(0, len(images), 32)]
@@ -100,7 +80,7 @@ def main(_):
                       == results['tflite']['probabilities'].argmax(1))
   print(f'int8 TFLite: accuracy {results["tflite_int8"]["accuracy"]:.4f} against float '
         f'{results["tflite"]["accuracy"]:.4f}; top-1 agreement {agreement:.4f} '
-        f'({len(paths)} photos)')
+        f'({len(labels)} photos)')
 
 
 if __name__ == '__main__':

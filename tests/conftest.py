@@ -45,18 +45,32 @@ def tiny_run(tmp_path_factory):
   return tiny_config(tmp_path_factory.mktemp('tiny'))
 
 
+def real_run(config_name: str, photos: str, shared_dir, tflite_path, tmp_path_factory):
+  """configs/<config_name>.py:local,cached on the shared `photos` folder with ImageNet weights
+  from the shared TFLite file, trained: (config, workdir, `TrainResult`)."""
+  import importlib
+
+  from runs import ROOT  # noqa: F401  (puts the project root on sys.path for configs/)
+  from tlflax.train import train_and_evaluate
+  config = importlib.import_module(f'configs.{config_name}').get_config('local,cached')
+  config.data.folder = str(shared_dir / 'data' / photos)
+  config.model.weights = str(tflite_path)
+  workdir = tmp_path_factory.mktemp(f'real_{config_name}') / 'run'
+  return config, workdir, train_and_evaluate(config, workdir)
+
+
 @pytest.fixture(scope='session')
 def real_cats_dogs_run(shared_dir, tflite_path, tmp_path_factory):
-  """configs/cats_dogs.py:local,cached trained once for the session (ImageNet weights from the
-  shared TFLite file, the shared mini set, 2+2 epochs at 160x160 on cached activations): (config,
-  workdir, `TrainResult`)."""
-  from runs import cats_dogs  # the project's configs/ (runs puts the root on sys.path)
-  from tlflax.train import train_and_evaluate
-  config = cats_dogs.get_config('local,cached')
-  config.data.folder = str(shared_dir / 'data' / 'cats_vs_dogs_mini')
-  config.model.weights = str(tflite_path)
-  workdir = tmp_path_factory.mktemp('real_cats_dogs') / 'run'
-  return config, workdir, train_and_evaluate(config, workdir)
+  """configs/cats_dogs.py:local,cached trained once for the session (the shared mini set, 2+2
+  epochs at 160x160 on cached activations)."""
+  return real_run('cats_dogs', 'cats_vs_dogs_mini', shared_dir, tflite_path, tmp_path_factory)
+
+
+@pytest.fixture(scope='session')
+def real_flowers_run(shared_dir, tflite_path, tmp_path_factory):
+  """configs/flowers.py:local,cached trained once for the session (the shared flower photos, 10+10
+  epochs at 160x160 on cached activations)."""
+  return real_run('flowers', 'flowers_mini', shared_dir, tflite_path, tmp_path_factory)
 
 
 @pytest.fixture

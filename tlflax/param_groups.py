@@ -117,6 +117,12 @@ def first_trained_layer(groups: dict, layers) -> int:
   return min((layer.index for layer in layers if layer.name in trained), default=len(layers))
 
 
+def layers_with_trained_kernels(groups: dict) -> list[str]:
+  """The backbone layers whose kernel (a convolution's weights) `groups` train."""
+  return [name for name, leaves in groups['backbone'].items()
+          if leaves.get('kernel', FROZEN) != FROZEN]
+
+
 def count_params(params: dict, groups: dict) -> dict[str, int]:
   """Numbers of trainable and frozen parameters (the tutorial's model summary counts)."""
   counts = {TRAINABLE: 0, FROZEN: 0}

@@ -3,7 +3,9 @@
 - `saved_model/`: a TensorFlow SavedModel through jax2tf (`tlflax.export.saved_model`);
 - `model.keras`: `keras.applications.MobileNetV2` and the head with the trained weights
   (`tlflax.export.keras_model`), for Keras's own exporters (TF.js, ONNX, LiteRT);
-- `model.tflite`, and with `quantize='int8'` also `model_int8.tflite` (`tlflax.export.tflite`);
+- `model.tflite`, and with `quantize='int8'` also `model_int8.tflite` (`tlflax.export.tflite`):
+  int8 below the first layer the run fine-tuned, float32 from there up, head included
+  (`fine_tuned_from`); `quantize='int8_full'` quantizes everything (smaller, less faithful);
 - `labels.txt` (the class names, in output order) and `export.json` (input and output spec, classes,
   source checkpoint, versions, and the checks below).
 
@@ -18,17 +20,21 @@ import shutil
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
-from tlflax import parallel, reports, tracking
+from tlflax import config as config_lib
+from tlflax import param_groups, parallel, reports, tracking
+from tlflax.classifier import abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.errors import ConfigError, ExportError
 from tlflax.export import keras_model, saved_model, tflite
 from tlflax.train import check_config, load_splits, restore_for_inference
+from tlflax.workdir import writable
 
 FORMATS = ('saved_model', 'tflite', 'keras')
-QUANTIZATIONS = ('none', 'int8')
+QUANTIZATIONS = ('none', 'int8', 'int8_full')
 FILES = {'saved_model': 'saved_model', 'keras': 'model.keras', 'tflite': 'model.tflite',
          'tflite_int8': 'model_int8.tflite'}
 REPRESENTATIVE_IMAGES = 200  # int8 calibration images from the training split
@@ -54,6 +60,19 @@ def training_images(config, count: int) -> np.ndarray:
   chosen = np.random.default_rng(config.seed).permutation(source.num_examples)[:count]
   found = sources.images_at(source, chosen, config.image_size, config.data.max_pixels)
   return np.stack([found[i] for i in chosen])
+
+
+def fine_tuned_from(config, model) -> str:
+  """The Keras name of the lowest backbone layer whose kernel `config`'s phases train, or of the
+  head's dense layer if they train none: where int8 keeps the network in float32."""
+  params = abstract_variables(model, config.image_size)['params']
+  layers = backbone_layers(model)
+  trained = set()
+  for _, phase in config_lib.ordered_phases(config):
+    if phase.epochs:
+      trained |= set(param_groups.layers_with_trained_kernels(param_groups.param_groups(
+          params, layers, phase.fine_tune_at, phase.param_groups)))
+  return next((layer.name for layer in layers if layer.name in trained), keras_model.HEAD_NAME)
 
 
 def _compare(name: str, probabilities: np.ndarray, expected: np.ndarray, exact: bool) -> dict:
@@ -92,21 +111,25 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
   if 'keras' in formats or 'tflite' in formats:
     keras_model.check_backend()
   trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
+  writable(workdir)  # for WORKDIR/export.partial, then export/
   if trained.config['image_size'] != config.image_size:
     raise ConfigError(f'{workdir} was trained at image_size={trained.config["image_size"]}; the '
                       f'config has {config.image_size}: export with the training config')
   serve = saved_model.serving_function(trained.model, trained.variables, trained.objective)
   images = training_images(
-      config, CHECK_IMAGES + (REPRESENTATIVE_IMAGES if quantize == 'int8' else 0))
+      config, CHECK_IMAGES + (REPRESENTATIVE_IMAGES if quantize != 'none' else 0))
   out = Path(workdir) / 'export.partial'
   shutil.rmtree(out, ignore_errors=True)
   out.mkdir(parents=True)
   try:
+    float_from = (fine_tuned_from(ml_collections.ConfigDict(trained.config), trained.model)
+                  if quantize == 'int8' else None)  # what the checkpoint's run trained
     files, checks, calibrated_on = _write_models(out, formats, quantize, config, trained, serve,
-                                                 images)
+                                                 images, float_from)
     (out / 'labels.txt').write_text(''.join(f'{name}\n' for name in trained.class_names),
                                     encoding='utf-8')
-    record = _record(config, workdir, checkpoint, trained, files, checks, calibrated_on)
+    record = _record(config, workdir, checkpoint, trained, files, checks, calibrated_on, quantize,
+                     float_from)
     reports.write_json(out / 'export.json', record)
   except BaseException:
     shutil.rmtree(out, ignore_errors=True)
@@ -115,10 +138,10 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
   return record
 
 
-def _write_models(out: Path, formats, quantize: str, config, trained, serve, images):
+def _write_models(out: Path, formats, quantize: str, config, trained, serve, images, float_from):
   """Writes the models into `out`, checking each on the first `CHECK_IMAGES` images (the rest
-  calibrate int8); returns ({kind: file name}, {kind: check}, the number of int8 calibration
-  images)."""
+  calibrate int8, which is float32 from the layer `float_from` on); returns ({kind: file name},
+  {kind: check}, the number of int8 calibration images)."""
   check_images, calibration_images = images[:CHECK_IMAGES], images[CHECK_IMAGES:]
   if not len(calibration_images):  # a training split of at most CHECK_IMAGES images
     calibration_images = check_images
@@ -142,11 +165,12 @@ def _write_models(out: Path, formats, quantize: str, config, trained, serve, ima
     if 'tflite' in formats:
       tflite.save(model, out / FILES['tflite'])
       written('tflite', tflite.TFLiteClassifier(out / FILES['tflite']))
-    if quantize == 'int8':
-      tflite.save(model, out / FILES['tflite_int8'], representative_images=calibration_images)
+    if quantize != 'none':
+      tflite.save(model, out / FILES['tflite_int8'], representative_images=calibration_images,
+                  float_from=float_from)
       written('tflite_int8', tflite.TFLiteClassifier(out / FILES['tflite_int8']))
       _check_int8_agreement(checks['tflite_int8']['top1_agreement'])
-  return files, checks, len(calibration_images) if quantize == 'int8' else 0
+  return files, checks, len(calibration_images) if quantize != 'none' else 0
 
 
 def _check_int8_agreement(agreement: float):
@@ -159,8 +183,8 @@ def _check_int8_agreement(agreement: float):
                     'check images only: prefer the float model', 100 * agreement)
 
 
-def _record(config, workdir, checkpoint: str, trained, files, checks,
-            calibration_images: int) -> dict:
+def _record(config, workdir, checkpoint: str, trained, files, checks, calibration_images: int,
+            quantize: str, float_from) -> dict:
   """What export.json says: input and output spec, classes, files, checks and source."""
   return {
       'input': {'name': saved_model.INPUT_NAME, 'dtype': 'uint8',
@@ -172,8 +196,9 @@ def _record(config, workdir, checkpoint: str, trained, files, checks,
                  'meaning': 'class probabilities, in labels.txt order'},
       'classes': trained.class_names,
       'files': files,
-      'quantize': 'int8' if 'tflite_int8' in files else 'none',
+      'quantize': quantize,
       'int8_calibration_images': calibration_images,
+      'int8_float_from': float_from,
       'checks': checks,
       'source': {'workdir': str(Path(workdir).resolve()), 'checkpoint': checkpoint,
                  'epoch': trained.epoch, 'config': trained.config},

@@ -10,6 +10,7 @@ from tlflax.errors import ConfigError, ExportError
 from tlflax.weights.convert import to_keras_weights
 
 BACKBONE_NAME = 'mobilenetv2'
+HEAD_NAME = 'probabilities'  # the dense layer of the head
 
 
 def probability_head(kernel, bias, sigmoid: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +52,7 @@ def build(alpha: float, image_size: int, num_classes: int, dropout: float):
       pooling='avg', name=BACKBONE_NAME)
   x = backbone(x, training=False)
   x = keras.layers.Dropout(dropout, name='head_dropout')(x)
-  outputs = keras.layers.Dense(num_classes, activation='softmax', name='probabilities')(x)
+  outputs = keras.layers.Dense(num_classes, activation='softmax', name=HEAD_NAME)(x)
   return keras.Model(inputs, outputs, name='tlflax_classifier')
 
 
@@ -68,7 +69,7 @@ def keras_classifier(variables: dict, alpha: float, image_size: int, num_classes
   if set(weights) != expecting:
     raise ExportError(f'the trained backbone and Keras\'s MobileNetV2 differ in layers '
                       f'{sorted(set(weights) ^ expecting)[:8]}')
-  head = model.get_layer('probabilities')
+  head = model.get_layer(HEAD_NAME)
   try:
     for name, arrays in weights.items():
       backbone.get_layer(name).set_weights(arrays)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from jax.experimental import jax2tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from tlflax import library_logs
 from tlflax.classifier import Classifier
 from tlflax.data.transforms import scale_to_unit_range
 from tlflax.errors import ExportError
@@ -66,7 +67,8 @@ def _save_module(converted, path, image_size: int):
   module.serve = tf.function(
       lambda image: {OUTPUT_NAME: converted(image)}, autograph=False,
       input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, INPUT_NAME)])
-  tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
+  with library_logs.quiet():
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
 
 
 def load(path: Path) -> Callable[[np.ndarray], np.ndarray]:

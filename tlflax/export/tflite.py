@@ -1,49 +1,107 @@
-"""TFLite files of the classifier, converted from its Keras model (`tlflax.export.keras_model`) by
-Keras's own LiteRT exporter with TFLite's built-in ops only (no TensorFlow "Flex" ops, which phones
-and LiteRT's interpreter lack), float32 or with int8 post-training quantization, and a runner for
+"""TFLite files of the classifier, converted from its Keras model (`tlflax.export.keras_model`) the
+way Keras's LiteRT exporter does it (a SavedModel of the Keras model, then TensorFlow's
+`TFLiteConverter`), with TFLite's built-in ops only (no TensorFlow "Flex" ops, which phones and
+LiteRT's interpreter lack): float32, or int8 with post-training quantization; and a runner for
 them.
+
+An int8 file can keep the top of the network in float32 (`float_from`), which the export does from
+the first layer a run fine-tuned (`tlflax.export.exporter.fine_tuned_from`): fine-tuning moves
+weights by less than an int8 step, so rounding them takes much of the fine-tuning back. Measured
+on the shared validation photos (`bench/int8_quantization.py`, results in `bench/results/`).
 
 From the Keras model rather than from the jax2tf SavedModel: both convert, but on MobileNetV2 at
 160x160 (a 2-core x86 CPU, one image at a time, measured side by side with the interpreter's
 default threads) the Keras route ran a float image in 3.4 ms against 9.0 ms for the StableHLO
 route (whose symbolic batch leaves shape arithmetic around every layer), and quantized to int8 in
-1.7 ms against 44 ms, agreeing with the float model's top-1 class on 99% of 100 photos against 91%
-(`bench/export_artifacts.py` measures the files an export writes).
+1.7 ms against 44 ms (`bench/export_artifacts.py` measures the files an export writes).
 """
+import functools
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tlflax import library_logs
 from tlflax.errors import ExportError
 
 
-def save(keras_model, path, representative_images=None):
+def tflite_converter(keras_model, saved_model_dir: str):
+  """TensorFlow's TFLite converter of `keras_model`, through a SavedModel of its inference call
+  written to `saved_model_dir` (Keras's own LiteRT route), built-in ops only. Call it inside
+  `library_logs.quiet()`, which undoes what writing the SavedModel does to the log level."""
+  import keras
+  import tensorflow as tf
+  archive = keras.export.ExportArchive()
+  archive.track(keras_model)
+  image = keras_model.inputs[0]
+  archive.add_endpoint('serve', functools.partial(keras_model.__call__, training=False),
+                       input_signature=[tf.TensorSpec(image.shape, image.dtype)])
+  archive.write_out(saved_model_dir, verbose=False)
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  return converter
+
+
+def computes(op_name: str, layer: str) -> bool:
+  """Whether a TFLite op's (fused) output name mentions the Keras layer `layer`, as in
+  'model/block_16_project_BN_1/batchnorm/add_1;model/block_16_project_1/convolution' for
+  block_16_project and block_16_project_BN (Keras adds _1, _2 to names it reuses)."""
+  parts = (part for scope in op_name.split(';') for part in scope.split('/'))
+  pattern = re.compile(re.escape(layer) + r'(_\d+)?')
+  return any(pattern.fullmatch(part) for part in parts)
+
+
+def ops_from(model_content: bytes, layer: str) -> list[str]:
+  """The output names of a TFLite model's ops, in execution order, from the first that computes
+  the Keras layer `layer` to the last (the rest of the network); `ExportError` if none does."""
+  interpreter = _interpreter(model_content=model_content)
+  names = {detail['index']: detail['name'] for detail in interpreter.get_tensor_details()}
+  outputs = [names[output] for op in interpreter._get_ops_details()  # as the quantization
+             for output in op['outputs']]                            # debugger reads them
+  first = next((i for i, name in enumerate(outputs) if computes(name, layer)), None)
+  if first is None:
+    raise ExportError(f'no op of the TFLite model computes the layer {layer}')
+  return outputs[first:]
+
+
+def save(keras_model, path, representative_images=None, float_from=None):
   """Writes `keras_model` (Keras on TensorFlow: `keras_model.check_backend`) as a TFLite file:
   float32, or with `representative_images` (uint8, (n, size, size, 3)) int8 weights and
-  activations calibrated on them (input and output stay uint8 images and float32
-  probabilities)."""
+  activations calibrated on them, except that from the Keras layer `float_from` on (the rest of
+  the network, head included) the ops stay float32. Input and output stay uint8 images and
+  float32 probabilities. What the converter prints is `library_logs.quiet`."""
   import tensorflow as tf
-  options = {'target_spec': {'supported_ops': [tf.lite.OpsSet.TFLITE_BUILTINS]}}
-  if representative_images is not None:
+  with tempfile.TemporaryDirectory() as saved_model_dir, library_logs.quiet():
+    converter = tflite_converter(keras_model, saved_model_dir)
+    if representative_images is None:
+      Path(path).write_bytes(converter.convert())
+      return
+    kept = ops_from(converter.convert(), float_from) if float_from else None
+
     def representative_dataset():
       for image in representative_images:
         yield [image[None]]
-    options.update(optimizations=[tf.lite.Optimize.DEFAULT],
-                   representative_dataset=representative_dataset)
-  keras_model.export(str(path), format='litert', verbose=False, **options)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    # the converter's own selective quantization (TFLite's quantization debugger)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept))
+    Path(path).write_bytes(debugger.get_nondebug_quantized_model())
 
 
-def _interpreter(path: str):
-  """LiteRT's interpreter (`ai_edge_litert`), or TensorFlow's older copy of it where LiteRT is not
-  installed."""
+def _interpreter(path: str = None, model_content: bytes = None):
+  """LiteRT's interpreter (`ai_edge_litert`) of a file or of bytes, or TensorFlow's older copy of
+  it where LiteRT is not installed."""
   try:
     from ai_edge_litert.interpreter import Interpreter
   except ImportError:
     import tensorflow as tf
     Interpreter = tf.lite.Interpreter
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return Interpreter(model_path=path, num_threads=cores)
+  return Interpreter(model_path=path, model_content=model_content, num_threads=cores)
 
 
 class TFLiteClassifier:
@@ -69,8 +127,9 @@ class TFLiteClassifier:
     images = np.asarray(images, np.uint8)
     try:
       if self._batch != len(images):
-        self.interpreter.resize_tensor_input(self._input['index'], images.shape)
-        self.interpreter.allocate_tensors()
+        with library_logs.quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+          self.interpreter.resize_tensor_input(self._input['index'], images.shape)
+          self.interpreter.allocate_tensors()
         self._batch = len(images)
       self.interpreter.set_tensor(self._input['index'], images)
       self.interpreter.invoke()
