@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from tlflax import cli
+from tlflax import cli, interrupts
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
@@ -45,6 +45,7 @@ flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s 
                   'phase). Without it, a difference stops the run, listing the keys. evaluate: '
                   'evaluate on data settings (seed, data.*) other than the training run\'s.')
 flags.mark_flags_as_required(['workdir'])
+cli.mark_not_empty('workdir')
 
 
 # Flags that only these modes read; given with another mode they are a usage error.
@@ -60,7 +61,7 @@ INTERRUPTED_OUTCOMES = {
     'evaluate': 'the report is written at the end: run it again',
     'export': 'an earlier export is kept (in export/, or export.previous/ if it was being '
               'replaced)',
-    'predict': 'a predictions CSV already begun holds the images classified before'}
+    'predict': 'no image was classified yet, so no CSV was written'}
 
 
 def main(argv):
@@ -107,10 +108,14 @@ def main(argv):
       else:
         rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint,
                                output)
-      for path, label, probability, _ in rows:
-        print(f'{path}\t{label}\t{probability:.4f}')
+      try:
+        for path, label, probability, _ in rows:
+          print(f'{path}\t{label}\t{probability:.4f}')
+      except interrupts.Interrupted as e:
+        e.outcome = e.outcome or f'{output} holds the images printed above'
+        raise
       print(f'wrote {output}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

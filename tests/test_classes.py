@@ -18,7 +18,7 @@ from tlflax.classifier import Classifier, init_variables
 from tlflax.data import carving
 from tlflax.data.sources import Source, check_class_counts, feature_names, tfds_splits
 from tlflax.errors import ConfigError, DataError
-from tlflax.evaluation import per_class_report
+from tlflax.evaluation import format_report, per_class_report
 from tlflax.objectives import Objective
 
 RNG = np.random.default_rng(0)
@@ -280,6 +280,9 @@ def test_per_class_report_counts_by_hand():
   assert mistakes[0] == {'index': 7, 'true': 'c', 'predicted': 'a',
                          'probability': pytest.approx(mistakes[0]['probability'])}
   assert 'top5_accuracy' not in report
+  table = format_report(report, 'test').splitlines()[1:]  # the header, a, b, c, macro avg
+  assert table[-1].startswith('macro avg ')
+  assert len({len(line) for line in table}) == 1  # right-aligned columns under their titles
 
 
 SIX_COLOURS = {'black': (20, 20, 20), 'blue': (40, 40, 220), 'green': (40, 200, 40),

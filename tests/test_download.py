@@ -139,3 +139,13 @@ def test_ctrl_c_mid_download_leaves_no_partial_file(server, tmp_path):
   with pytest.raises(KeyboardInterrupt):
     fetch(url + FILENAME, FILENAME, tmp_path, validate=interrupted)
   assert list(tmp_path.iterdir()) == []
+
+
+def test_tfds_can_prepare_the_tutorial_download():
+  """TFDS reads the download's URL and checksum before it downloads (`python main.py
+  --config=configs/cats_dogs.py` on a fresh machine); that step imports `importlib_resources`,
+  which its own requirements no longer install."""
+  import tensorflow_datasets as tfds
+  urls = tfds.builder('cats_vs_dogs').url_infos
+  assert [info.checksum for url, info in urls.items() if url.startswith('https://')] == [
+      'b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9']

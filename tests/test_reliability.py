@@ -453,3 +453,105 @@ def test_predict_never_replaces_a_file(tiny_run, finished_run, tmp_path):
                           f'--output={chosen}')
   assert code == 1 and 'exists: predict never replaces a file' in the_line_with('error:', output)
   assert chosen.read_text() == 'keep me'
+
+
+@pytest.fixture
+def signals_raise():
+  """`interrupts.raise_on_signals()` in this process, undone after the test."""
+  from tlflax import interrupts
+  handlers = {number: signal.getsignal(number) for number in interrupts.SIGNALS}
+  hook = sys.unraisablehook
+  interrupts.raise_on_signals()
+  yield
+  for number, handler in handlers.items():
+    signal.signal(number, handler)
+  sys.unraisablehook = hook
+
+
+def test_a_signal_that_lands_in_a_garbage_collection_callback_is_not_lost(signals_raise):
+  """Python drops an exception raised in a gc callback (JAX runs one at every collection):
+  the signal is delivered again, to the code that runs next."""
+  import gc
+  import time
+
+  from tlflax import interrupts
+
+  def signal_in_callback(phase, info):
+    if phase == 'start':
+      os.kill(os.getpid(), signal.SIGTERM)
+      sum(range(100))  # Python code after the signal: its handler runs here, in the callback
+  gc.callbacks.append(signal_in_callback)
+  try:
+    with pytest.raises(interrupts.Interrupted) as raised:
+      gc.collect()
+      gc.callbacks.remove(signal_in_callback)
+      for _ in range(200):
+        time.sleep(0.01)
+  finally:
+    if signal_in_callback in gc.callbacks:
+      gc.callbacks.remove(signal_in_callback)
+  assert raised.value.signal_name == 'SIGTERM'
+
+
+def test_a_signal_while_an_epoch_is_saved_waits_for_its_checkpoint(tiny_run, tmp_path,
+                                                                    monkeypatch, signals_raise):
+  """A real SIGTERM that arrives as epoch 2's saving starts (before orbax has the checkpoint):
+  epoch 2 is saved all the same, then the run stops saying so."""
+  from tlflax import checkpoints, interrupts, workdir
+  save = checkpoints.Checkpoints.save
+
+  def signal_then_save(self, epoch, *args):
+    if epoch == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    save(self, epoch, *args)
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', signal_then_save)
+  with pytest.raises(interrupts.Interrupted) as raised:
+    train_and_evaluate(tiny_run, tmp_path / 'run')
+  assert workdir.saved_epochs(tmp_path / 'run') == [1, 2]
+  assert raised.value.during == 'the saving of epoch 2'
+  assert raised.value.outcome.endswith('resume after epoch 2')
+
+
+def test_an_interrupted_predict_names_its_csv_and_keeps_no_empty_one(tmp_path):
+  """Interrupted after a batch, the CSV keeps its rows and the message names it; interrupted
+  before any, no CSV (a header alone) is left to block a retry with the same --output."""
+  from tlflax import interrupts, predict
+
+  def batches(count):
+    for _ in range(count):
+      yield [Path('a.jpg')], np.zeros((1, 2, 2, 3), np.float32)
+    raise interrupts.Interrupted(signal.SIGINT)
+  for count in (1, 0):
+    path = tmp_path / f'after_{count}.csv'
+    rows = predict._classified(batches(count), 3, lambda x: np.full((len(x), 2), 0.5),
+                               ['cat', 'dog'], 4, path)
+    with pytest.raises(interrupts.Interrupted) as raised:
+      list(rows)
+    if count:
+      assert raised.value.outcome == f'{path} holds the 1 image(s) classified before'
+      assert path.read_text().splitlines()[1].startswith('a.jpg,cat,0.500000')
+    else:
+      assert raised.value.outcome == 'no image was classified yet, so no CSV was kept'
+      assert not path.exists()
+
+
+def test_predict_with_no_readable_image_is_an_error_and_writes_no_csv(tiny_run, finished_run,
+                                                                      tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  inputs = tmp_path / 'broken'
+  inputs.mkdir()
+  for name in ('a.jpg', 'b.png'):
+    (inputs / name).write_bytes(b'not an image')
+  code, output = run_main(workdir, finished_run[1], '--mode=predict', f'--inputs={inputs}')
+  assert code == 1 and 'Traceback' not in output, output[-3000:]
+  assert the_line_with('error:', output).endswith(
+      'none of the 2 images could be classified (each skipped one is named above)')
+  assert not list(workdir.glob('predictions_*.csv'))
+  code, output = run_main(workdir, finished_run[1], '--mode=predict',
+                          f'--inputs={tmp_path}/no_such_folder')
+  assert code == 1 and the_line_with('error:', output).endswith(
+      f'--inputs {tmp_path}/no_such_folder does not exist')
+  code, output = run_main(workdir, [], '--mode=predict', f'--model={tmp_path}/no.tflite',
+                          f'--inputs={inputs}', config_file=None)
+  assert code == 1 and the_line_with('error:', output).endswith(
+      f'--model {tmp_path}/no.tflite does not exist')

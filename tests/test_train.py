@@ -260,6 +260,9 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
   code, output = run_main(tmp_path / 'w', ['--config.phases.fine_tune.betas=0.9'])
   assert code == 2 and "unknown config key 'betas'" in one_error_line(output)
   code, output = run_main(tmp_path / 'w', [], '--mode=evaluate')
+  assert code == 1 and f'--workdir {tmp_path}/w does not exist' in one_error_line(output)
+  (tmp_path / 'empty').mkdir()
+  code, output = run_main(tmp_path / 'empty', [], '--mode=evaluate')
   assert code == 1 and 'no checkpoint' in one_error_line(output)
   # a comma-separated phase_order override is split into names
   code, output = run_main(tmp_path / 'w', ['--config.phase_order=fine_tune,fine_tune'])
@@ -291,7 +294,32 @@ def test_a_misspelt_key_and_a_missing_config_file_are_plain_lines(tmp_path):
   assert "No such file or directory: 'configs/nope.py'" in one_error_line(output)
   code, output = run_main(tmp_path / 'w', [], config_file='configs/cats_dogs.py:lcoal')
   assert code == 2 and "unknown config variant 'lcoal'" in one_error_line(output)
+  no_get_config, syntax_error = tmp_path / 'no_get_config.py', tmp_path / 'syntax_error.py'
+  no_get_config.write_text('x = 1\n')
+  syntax_error.write_text('def get_config(:\n')
+  code, output = run_main(tmp_path / 'w', [], config_file=no_get_config)
+  assert code == 2 and one_error_line(output).startswith(
+      f'error: --config={no_get_config}: the file defines no get_config()')
+  code, output = run_main(tmp_path / 'w', [], config_file=syntax_error)
+  assert code == 2 and one_error_line(output).startswith(
+      f'error: --config: {syntax_error}, line 1: invalid syntax')
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--workdir='], 'error: flag --workdir=: --workdir is empty: it names a folder. Run main.py '
+                     '--helpfull for the flags.'),
+    (['--workdir=w', '--split=train'], 'error: --split is for --mode=evaluate. Run main.py '
+                                       '--helpfull for the flags.'),
+    (['--workdir=w', '--mode=predict'], 'error: --mode=predict needs --inputs=PATH. Run main.py '
+                                        '--helpfull for the flags.')])
+def test_usage_errors_are_one_line_not_the_help(flags, message):
+  """An empty --workdir (an unset shell variable) is not the current folder; flags that do not go
+  together say so in one line, with status 2, not with the whole help."""
+  done = subprocess.run([sys.executable, str(ROOT / 'main.py'),
+                         f'--config={ROOT}/configs/cats_dogs.py', *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and one_error_line(done.stdout + done.stderr) == message
 
 
 def read_only_command(folder: Path, command: list) -> list:

@@ -47,8 +47,26 @@ def test_convert_command_ports_tflite(tmp_path, tflite_path, capsys):
 def test_convert_command_reports_errors_without_traceback(tmp_path, capsys):
   assert convert_main([str(tmp_path / 'missing.h5'), str(tmp_path / 'out.msgpack')]) == 1
   assert 'missing.h5 does not exist' in capsys.readouterr().err
+  assert convert_main([str(tmp_path), str(tmp_path / 'out.msgpack')]) == 1
+  assert f'{tmp_path} is a folder; the weights are one file' in capsys.readouterr().err
   assert convert_main(['imagenet', str(tmp_path / 'out.npz')]) == 2
   assert not (tmp_path / 'out.msgpack').exists()
+  existing = tmp_path / 'existing.msgpack'
+  existing.write_text('mine')
+  assert convert_main(['imagenet', str(existing)]) == 2
+  assert 'existing.msgpack exists' in capsys.readouterr().err
+  assert existing.read_text() == 'mine'
+
+
+@pytest.mark.parametrize('kept', [100, 2_000_000])
+def test_a_truncated_tflite_file_is_a_weights_error(tmp_path, tflite_path, kept, capsys):
+  """A download cut short: the flatbuffer's offsets point past its end."""
+  truncated = tmp_path / 'truncated.tflite'
+  truncated.write_bytes(tflite_path.read_bytes()[:kept])
+  with pytest.raises(WeightsError, match='truncated.tflite is damaged'):
+    read_weights_file(truncated)
+  assert convert_main([str(truncated), str(tmp_path / 'out.msgpack')]) == 1
+  assert 'truncated.tflite is damaged' in capsys.readouterr().err
 
 
 def test_top_is_dropped_on_request_but_never_invented(published_035):

@@ -2,10 +2,11 @@
 third-party logs, and one line (no traceback) for bad flags, for `RunError`s and for Ctrl-C or
 SIGTERM; and the multi-host flags."""
 import contextlib
+import functools
 import os
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from tlflax import interrupts, library_logs
 
@@ -40,6 +41,33 @@ def prepare_process():
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
+def mark_not_empty(name: str):
+  """An empty `--name=` (a shell variable that was not set, say) is a usage error, not the
+  current folder."""
+  flags.register_validator(name, lambda value: value is None or bool(value.strip()),
+                           message=f'--{name} is empty: it names a folder')
+
+
+def run(main):
+  """`app.run(main)` with `parse_flags`, and an `app.UsageError` that `main` raises (flags that
+  do not go together, say) as one line and status 2, as for a bad flag, not the whole help."""
+  @functools.wraps(main)
+  def main_with_usage_errors_as_one_line(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      _exit_with(f'{e}. Run {_program(argv)} --helpfull for the flags.', 2)
+  app.run(main_with_usage_errors_as_one_line, flags_parser=parse_flags)
+
+
+def _program(argv) -> str:
+  """How the command was started: `main.py`, or `python -m tlflax.sweep`."""
+  spec = getattr(sys.modules['__main__'], '__spec__', None)
+  if spec is not None and spec.name.endswith('.__main__'):
+    return f'python -m {spec.name.removesuffix(".__main__")}'
+  return os.path.basename(argv[0])
+
+
 def _exit_with(message: str, status: int):
   print(f'error: {message}', file=sys.stderr)
   sys.exit(status)
@@ -66,6 +94,11 @@ def run_errors_as_one_line(interrupted_outcome: str = 'nothing was changed'):
 
 def _config_error(error: Exception, argv) -> str:
   """The one-line form of an error ml_collections raised for `--config` or an override."""
+  if isinstance(error, SyntaxError):  # the config file does not parse
+    return f'--config: {error.filename}, line {error.lineno}: {error.msg}'
+  if isinstance(error, AttributeError) and "attribute 'get_config'" in str(error):
+    config = next((a for a in argv if a.startswith('--config=')), '--config')
+    return f'{config}: the file defines no get_config() (see configs/cats_dogs.py)'
   if isinstance(error, (AttributeError, KeyError)):  # an unknown key: "'key'\nDid you mean ..."
     inner = error.args[0] if error.args else error
     text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
@@ -95,8 +128,8 @@ def parse_flags(argv):
     if 'config' in FLAGS and FLAGS.config is not None:
       FLAGS.config.keys()  # a config file that failed to load raises on any use
     return parsed
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    _exit_with(f'{_config_error(e, argv[1:])}. Run {os.path.basename(argv[0])} --helpfull for '
-               'the flags.', 2)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+    _exit_with(f'{_config_error(e, argv[1:])}. Run {_program(argv)} --helpfull for the flags.',
+               2)
   except interrupts.Interrupted as e:
     _end_interrupted(e, 'nothing was started')

@@ -110,7 +110,7 @@ def format_report(report: dict, split: str) -> str:
   """A report as text: the split's numbers, then a per-class table."""
   head = ', '.join(f'{split} {key.replace("_", " ")} {report[key]:.4f}'
                    for key in ('loss', 'accuracy', f'top{TOP_K}_accuracy') if key in report)
-  width = max(len('class'), *(len(name) for name in report['per_class']))
+  width = max(len('macro avg'), *(len(name) for name in report['per_class']))
   lines = [f"{head} ({report['count']} examples)",
            f"{'class':<{width}}  precision  recall      f1  support"]
   for name, row in report['per_class'].items():

@@ -1,7 +1,8 @@
 """What third-party libraries print, kept out of a person's way unless asked for.
 
-The command lines call `hide()` unless `--library_logs` is given: TensorFlow's C++ INFO and WARNING
-lines are turned off (`TF_CPP_MIN_LOG_LEVEL=2`, where the environment does not set it),
+The command lines call `hide()` unless `--library_logs` is given: TensorFlow's C++ log lines are
+turned off (`TF_CPP_MIN_LOG_LEVEL=3`, where the environment does not set it: its JPEG decoder logs
+each damaged image as an ERROR, and tlflax names each image it skips itself),
 TensorFlow is imported with stderr discarded (its import-time lines ignore that setting:
 tensorflow/tensorflow#100442), and the INFO records that other code than tlflax's logs are
 dropped (JAX's "Unable to initialize backend 'tpu'", orbax's line per checkpoint step,
@@ -60,7 +61,7 @@ def hide():
   """Keeps third-party log lines out of the output from now on (see the module)."""
   global _hidden
   _hidden = True
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   with _descriptors_discarded(2):
     import tensorflow  # noqa: F401
   absl_logging.get_absl_handler().addFilter(_LibraryWarningsOnly())

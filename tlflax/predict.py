@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tlflax import chunking, parallel
+from tlflax import chunking, interrupts, parallel
 from tlflax.classifier import backbone_layers
 from tlflax.data import transforms
 from tlflax.data.folders import IMAGE_EXTENSIONS, printable, too_large
@@ -37,6 +37,8 @@ def list_images(inputs: str) -> list[Path]:
   path = Path(inputs).expanduser()
   if path.is_file():
     return [path]
+  if not path.exists() and not any(c in inputs for c in '*?['):  # a path, not a pattern
+    raise DataError(f'--inputs {inputs} does not exist')
   candidates = path.rglob('*') if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
   images, seen = [], set()
   for candidate in sorted(candidates):
@@ -99,10 +101,12 @@ def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare)
     logging.warning('skipped %s: not a readable image', printable(small[skipped]))
 
 
-def _classified(batches, classify, class_names, batch_size: int, csv_path) -> Iterator[tuple]:
+def _classified(batches, count: int, classify, class_names, batch_size: int,
+                csv_path) -> Iterator[tuple]:
   """Rows (path, class name, probability, top k) of `classify`'s (b, classes) probabilities for
-  each batch, padded to `batch_size` (so one compilation or one tensor allocation serves all),
-  written to the new file `csv_path` as they come."""
+  each batch (of `count` images in all), padded to `batch_size`, written to the new file
+  `csv_path` as they come. A file that would hold no row is removed; no readable image at all
+  is a `DataError`."""
   k = min(TOP_K, len(class_names))
   logging.info('Writing the predictions to %s', csv_path)
   writable(Path(csv_path).parent, 'the folder of the predictions CSV')
@@ -110,24 +114,48 @@ def _classified(batches, classify, class_names, batch_size: int, csv_path) -> It
     f = open(csv_path, 'x', newline='', encoding='utf-8')  # never an existing file
   except FileExistsError as e:
     raise DataError(f'{csv_path} exists: predict never replaces a file') from e
-  with f:
-    writer = csv.writer(f)
-    writer.writerow(['path', 'label', 'probability', *(
-        f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
-    for paths, images in batches:
-      batch = np.zeros((batch_size, *images.shape[1:]), images.dtype)
-      batch[:len(images)] = images
-      probabilities = np.asarray(classify(batch))[:len(paths)]
-      top = np.argsort(-probabilities, axis=1, kind='stable')[:, :k]
-      rows = []
-      for path, p, classes in zip(paths, probabilities, top):
-        ranked = [(class_names[c], float(p[c])) for c in classes]
-        rows.append((printable(path), *ranked[0], ranked))
-      writer.writerows([path, label, f'{p:.6f}', *(v for name, q in ranked
-                                                   for v in (name, f'{q:.6f}'))]
-                       for path, label, p, ranked in rows)
-      f.flush()
-      yield from rows
+  written = 0
+  try:
+    with f:
+      writer = csv.writer(f)
+      writer.writerow(['path', 'label', 'probability', *(
+          f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
+      for paths, images in batches:
+        rows = _rows(paths, classify(_padded(images, batch_size)), class_names, k)
+        writer.writerows([path, label, f'{p:.6f}', *(v for name, q in ranked
+                                                     for v in (name, f'{q:.6f}'))]
+                         for path, label, p, ranked in rows)
+        f.flush()
+        written += len(rows)
+        yield from rows
+    if not written:
+      raise DataError(f'none of the {count} images could be classified (each skipped one is '
+                      'named above)')
+  except interrupts.Interrupted as e:
+    e.outcome = (f'{csv_path} holds the {written} image(s) classified before' if written else
+                 'no image was classified yet, so no CSV was kept')
+    raise
+  finally:
+    if not written:  # a header alone is of no use, and would block a retry with --output
+      Path(csv_path).unlink(missing_ok=True)
+
+
+def _padded(images: np.ndarray, batch_size: int) -> np.ndarray:
+  """`images` padded with zeros to `batch_size` (one compilation or allocation serves all)."""
+  batch = np.zeros((batch_size, *images.shape[1:]), images.dtype)
+  batch[:len(images)] = images
+  return batch
+
+
+def _rows(paths, probabilities, class_names, k: int) -> list[tuple]:
+  """(path, class name, probability, [(class, probability)] top k) per path."""
+  probabilities = np.asarray(probabilities)[:len(paths)]
+  top = np.argsort(-probabilities, axis=1, kind='stable')[:, :k]
+  rows = []
+  for path, p, classes in zip(paths, probabilities, top):
+    ranked = [(class_names[c], float(p[c])) for c in classes]
+    rows.append((printable(path), *ranked[0], ranked))
+  return rows
 
 
 def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
@@ -141,11 +169,13 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
   chunk = chunking.resolve(config.compute.frozen_chunk)  # the images go to one device
   apply = jax.jit(chunking.frozen_in_chunks(trained.model, len(backbone_layers(trained.model)),
                                             chunk))
+  paths = list_images(inputs)
   batches = _image_batches(
-      list_images(inputs), config.batch_size, config.data.max_pixels,
+      paths, config.batch_size, config.data.max_pixels,
       lambda encoded: transforms.preprocess(encoded, config.image_size, config.data.max_pixels))
   yield from _classified(
-      batches, lambda images: trained.objective.probabilities(apply(trained.variables, images)),
+      batches, len(paths),
+      lambda images: trained.objective.probabilities(apply(trained.variables, images)),
       trained.class_names, config.batch_size,
       output_path(workdir, output, source_name(None, checkpoint)))
 
@@ -165,13 +195,17 @@ def predict_exported(model_path, workdir, inputs: str, batch_size: int, max_pixe
   takes (`transforms.exported_model_input`), written to `output_path(workdir, output, <the
   model file's name without .tflite>)`."""
   from tlflax.export.tflite import TFLiteClassifier
+  if not Path(model_path).is_file():
+    raise ExportError(f'--model {model_path} ' + ('is not a file' if Path(model_path).exists()
+                                                  else 'does not exist'))
   model = TFLiteClassifier(model_path)
   class_names = exported_labels(model_path)
   if model.num_classes != len(class_names):
     raise ExportError(f'{model_path} gives {model.num_classes} probabilities; the labels.txt '
                       f'beside it names {len(class_names)} classes')
+  paths = list_images(inputs)
   batches = _image_batches(
-      list_images(inputs), batch_size, max_pixels,
+      paths, batch_size, max_pixels,
       lambda encoded: transforms.exported_model_input(encoded, model.image_size, max_pixels))
-  yield from _classified(batches, model, class_names, batch_size,
+  yield from _classified(batches, len(paths), model, class_names, batch_size,
                          output_path(workdir, output, source_name(model_path, '')))

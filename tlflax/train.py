@@ -308,38 +308,39 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   config_json = resume.config_as_json(run.config)  # what each checkpoint records
   mode = checkpoints_lib.BEST_METRICS[run.config.best_metric]
   for epoch in range(position.epoch + 1, phase.last_epoch + 1):
-    phase_steps = np.arange((epoch - phase.first_epoch - 1) * feed.steps_per_epoch,
-                            (epoch - phase.first_epoch) * feed.steps_per_epoch)
-    # the rate of each of the epoch's steps (a constant schedule gives one number for all)
-    learning_rates = np.broadcast_to(schedule(phase_steps), phase_steps.shape)
-    state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1],
-                               compiles=epoch == position.epoch + 1)
-    history['epochs'].append(record)
-    history['phases'][phase.name] = {'seconds': time.perf_counter() - phase_start,
-                                     **feed.record()}
-    step = int(state.step)
-    run.tracker.learning_rates(step - len(learning_rates) + 1, learning_rates)
-    run.tracker.epoch(step, record, phase.index)
-    stop = epoch < phase.last_epoch and stops_early(
-        [r for r in history['epochs'] if r['phase'] == phase.name], settings,
-        run.config.best_metric, mode)
-    if stop:
-      history['phases'][phase.name]['stopped_early_after'] = epoch - phase.first_epoch
-    with interrupts.during(f'the saving of epoch {epoch}'):
-      if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
-        run.checkpoints.save_phase(phase.name, state.variables)
-      run.checkpoints.save(epoch, state, {
-          'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
-          'step': step, 'class_names': run.class_names,
-          'config': config_json, 'history': history}, record)
-      if run.primary:
-        reports.write_json(run.workdir / 'history.json', history)
-    if stop:
-      logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
-                   'ends after epoch %d of %d', run.config.best_metric,
-                   settings.early_stopping.min_delta, settings.early_stopping.patience,
-                   phase.name, epoch - phase.first_epoch, settings.epochs)
-      break
+    with interrupts.during(f'epoch {epoch} (phase {phase.name!r})'):
+      phase_steps = np.arange((epoch - phase.first_epoch - 1) * feed.steps_per_epoch,
+                              (epoch - phase.first_epoch) * feed.steps_per_epoch)
+      # the rate of each of the epoch's steps (a constant schedule gives one number for all)
+      learning_rates = np.broadcast_to(schedule(phase_steps), phase_steps.shape)
+      state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1],
+                                 compiles=epoch == position.epoch + 1)
+      history['epochs'].append(record)
+      history['phases'][phase.name] = {'seconds': time.perf_counter() - phase_start,
+                                       **feed.record()}
+      step = int(state.step)
+      run.tracker.learning_rates(step - len(learning_rates) + 1, learning_rates)
+      run.tracker.epoch(step, record, phase.index)
+      stop = epoch < phase.last_epoch and stops_early(
+          [r for r in history['epochs'] if r['phase'] == phase.name], settings,
+          run.config.best_metric, mode)
+      if stop:
+        history['phases'][phase.name]['stopped_early_after'] = epoch - phase.first_epoch
+      with interrupts.during(f'the saving of epoch {epoch}'), interrupts.held():
+        if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
+          run.checkpoints.save_phase(phase.name, state.variables)
+        run.checkpoints.save(epoch, state, {
+            'phase': phase.name, 'phase_epoch': epoch - phase.first_epoch, 'epoch': epoch,
+            'step': step, 'class_names': run.class_names,
+            'config': config_json, 'history': history}, record)
+        if run.primary:
+          reports.write_json(run.workdir / 'history.json', history)
+      if stop:
+        logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
+                     'ends after epoch %d of %d', run.config.best_metric,
+                     settings.early_stopping.min_delta, settings.early_stopping.patience,
+                     phase.name, epoch - phase.first_epoch, settings.epochs)
+        break
   return Position(phase.last_epoch, int(state.step), state.variables, history)
 
 
@@ -453,6 +454,9 @@ def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> 
   'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
   which chose the checkpoint it kept) or an epoch."""
   devices.prepare(config.compute, config.batch_size, enforce_platform=False)
+  if not Path(workdir).is_dir():
+    what = 'is a file' if Path(workdir).exists() else 'does not exist'
+    raise DataError(f'--workdir {workdir} {what}: name the workdir of a trained run')
   if not workdir_lib.saved_epochs(workdir):
     raise DataError(f'{workdir} has no checkpoint to use; train first')
   checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh),

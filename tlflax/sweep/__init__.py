@@ -4,6 +4,6 @@ resumably, sharing first phases, and `report` puts them in one table.
     python -m tlflax.sweep --config=configs/cats_dogs.py:local,cached \
         --sweep=configs/sweeps/fine_tune_at.py --workdir=DIR [--list | --trial=K | --report]
 """
-from tlflax.sweep.trials import load_trials, product, seeds, sweep
+from tlflax.sweep.axes import product, seeds, sweep
 
-__all__ = ['load_trials', 'product', 'seeds', 'sweep']
+__all__ = ['product', 'seeds', 'sweep']

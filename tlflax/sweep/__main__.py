@@ -26,6 +26,7 @@ flags.DEFINE_bool('shared_only', False, 'Train only the shared first phases.')
 flags.DEFINE_bool('report', False, 'Only collect the finished trials into the report.')
 flags.DEFINE_bool('share', True, 'Train a first phase once for the trials that agree on it.')
 flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
+cli.mark_not_empty('workdir')
 
 
 def main(argv):
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -2,7 +2,7 @@
 
 A sweep file (`configs/sweeps/*.py`, given as `PATH[:variant]`) defines `get_trials(variant)`
 (or `get_trials()`), returning a list of override dicts
-(`{'phases.fine_tune.fine_tune_at': 120, 'seed': 1}`) built with `sweep`, `product` and `seeds`, as
+(`{'phases.fine_tune.fine_tune_at': 120, 'seed': 1}`) built with `tlflax.sweep.axes`, as
 big_vision's sweep files are. Each trial is the base config with its overrides.
 
 Trials whose configs agree on everything the first phase depends on
@@ -11,33 +11,15 @@ its later phases from its result.
 """
 import hashlib
 import importlib.util
-import itertools
 import json
 import re
 from pathlib import Path
-from typing import Iterable
 
 import ml_collections
 
 from tlflax import config as config_lib
 from tlflax.errors import ConfigError
 from tlflax.resume import config_as_json
-
-
-def sweep(key: str, values: Iterable) -> list[dict]:
-  """One axis: `[{key: value} for value in values]`."""
-  return [{key: value} for value in values]
-
-
-def seeds(count: int) -> list[dict]:
-  """The axis of seeds 0 .. count-1."""
-  return sweep('seed', range(count))
-
-
-def product(*axes: list[dict]) -> list[dict]:
-  """Every combination of one entry per axis, merged (the first axis varies slowest)."""
-  return [{k: v for entry in combination for k, v in entry.items()}
-          for combination in itertools.product(*axes)]
 
 
 def load_trials(spec: str) -> list[dict]:

@@ -29,6 +29,9 @@ def read_keras_h5(path) -> dict:
 def read_weights_file(path, alpha: float = 1.0) -> dict:
   """Reads any supported weights file into Flax variables, choosing the reader by suffix."""
   path = Path(path)
+  if path.is_dir():
+    raise WeightsError(f'{path} is a folder; the weights are one file (.h5, .weights.h5, .tflite '
+                       f'or {NATIVE_SUFFIX})')
   if not path.is_file():
     raise WeightsError(f'weights file {path} does not exist')
   name = path.name.lower()

@@ -5,6 +5,7 @@
 SOURCE is 'imagenet' (the Keras download) or a `.h5`, `.weights.h5`, `.tflite` or `.msgpack` file.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if not args.output.endswith(NATIVE_SUFFIX):
     print(f'error: OUTPUT must end in {NATIVE_SUFFIX}', file=sys.stderr)
+    return 2
+  if os.path.lexists(args.output):
+    print(f'error: {args.output} exists: name another OUTPUT or remove it', file=sys.stderr)
     return 2
   start = time.perf_counter()
   try:

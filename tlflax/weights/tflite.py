@@ -8,6 +8,8 @@ variance 1 - epsilon, which computes exactly `x + bias`. A 1001-way classifier (
 
 The flatbuffer is parsed with the `tflite` schema package: no interpreter is needed to read weights.
 """
+import struct
+
 import numpy as np
 import tflite
 from tflite.BuiltinOperator import BuiltinOperator
@@ -84,8 +86,17 @@ def _kernel_and_bias(graph: _Graph, op_index: int):
 
 
 def read_tflite(path: str, alpha: float = 1.0) -> KerasWeights:
-  """Reads MobileNetV2 weights (with the classifier, if the file has one) from a TFLite file."""
-  graph = _Graph(path)
+  """Reads MobileNetV2 weights (with the classifier, if the file has one) from a TFLite file;
+  `WeightsError` for one that is not MobileNetV2's or does not parse (a truncated download)."""
+  try:
+    return _read(_Graph(path), alpha)
+  except (struct.error, IndexError, ValueError) as e:  # offsets past the end of the file
+    raise WeightsError(f'{path} is damaged (truncated?): its TFLite flatbuffer does not parse '
+                       f'({e})') from e
+
+
+def _read(graph: _Graph, alpha: float) -> KerasWeights:
+  path = graph.path
   conv_ops = [i for i, (name, _, _) in enumerate(graph.ops) if name in _CONV_OPS]
   layers = [layer for layer in layer_table.mobilenet_v2_layers(alpha, include_top=True)
             if layer.kind in ('conv', 'depthwise')]
