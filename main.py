@@ -108,11 +108,14 @@ def main(argv):
       else:
         rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint,
                                output)
+      printed = 0
       try:
         for path, label, probability, _ in rows:
           print(f'{path}\t{label}\t{probability:.4f}')
+          printed += 1
       except interrupts.Interrupted as e:
-        e.outcome = e.outcome or f'{output} holds the images printed above'
+        if printed and not e.outcome:
+          e.outcome = f'{output} holds the images printed above (and the rest of their batch)'
         raise
       print(f'wrote {output}')
 

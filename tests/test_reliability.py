@@ -493,7 +493,7 @@ def test_a_signal_that_lands_in_a_garbage_collection_callback_is_not_lost(signal
   assert raised.value.signal_name == 'SIGTERM'
 
 
-def test_a_signal_while_an_epoch_is_saved_waits_for_its_checkpoint(tiny_run, tmp_path,
+def test_a_signal_while_an_epoch_is_saved_waits_for_its_checkpoint(tiny_run, tmp_path, capfd,
                                                                     monkeypatch, signals_raise):
   """A real SIGTERM that arrives as epoch 2's saving starts (before orbax has the checkpoint):
   epoch 2 is saved all the same, then the run stops saying so."""
@@ -510,6 +510,25 @@ def test_a_signal_while_an_epoch_is_saved_waits_for_its_checkpoint(tiny_run, tmp
   assert workdir.saved_epochs(tmp_path / 'run') == [1, 2]
   assert raised.value.during == 'the saving of epoch 2'
   assert raised.value.outcome.endswith('resume after epoch 2')
+  assert ('SIGTERM: stopping once the saving of epoch 2 is done (a second signal stops at once)'
+          in capfd.readouterr().err)
+
+
+def test_a_held_block_that_fails_keeps_its_error_and_the_signal_counts_as_handled(
+    signals_raise):
+  """The block's own error (a full disk, say) is what the run reports; the signal that waited is
+  spent, so a later one is a second signal, and none waits to be raised by another block."""
+  from tlflax import interrupts
+  with pytest.raises(OSError, match='disk full'):
+    with interrupts.held('the saving of epoch 1'):
+      os.kill(os.getpid(), signal.SIGINT)
+      raise OSError('disk full')
+  assert interrupts._State.pending is None and interrupts._State.raised
+  interrupts.raise_on_signals()  # as a process that carries on would start afresh
+  with interrupts.held('the saving of epoch 2'):
+    pass  # no signal waits: nothing is raised
+  with pytest.raises(interrupts.Interrupted):
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_an_interrupted_predict_names_its_csv_and_keeps_no_empty_one(tmp_path):

@@ -303,6 +303,11 @@ def test_a_misspelt_key_and_a_missing_config_file_are_plain_lines(tmp_path):
   code, output = run_main(tmp_path / 'w', [], config_file=syntax_error)
   assert code == 2 and one_error_line(output).startswith(
       f'error: --config: {syntax_error}, line 1: invalid syntax')
+  raises = tmp_path / 'raises.py'
+  raises.write_text('import math\n\n\ndef get_config():\n  return math.sqr(2)\n')
+  code, output = run_main(tmp_path / 'w', [], config_file=raises)
+  assert code == 2 and one_error_line(output).startswith(
+      f"error: --config: {raises}, line 5: AttributeError: module 'math' has no attribute 'sqr'")
   assert not (tmp_path / 'w').exists()
 
 

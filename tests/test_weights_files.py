@@ -69,6 +69,13 @@ def test_a_truncated_tflite_file_is_a_weights_error(tmp_path, tflite_path, kept,
   assert 'truncated.tflite is damaged' in capsys.readouterr().err
 
 
+def test_a_tflite_file_of_another_width_says_so(tflite_path):
+  with pytest.raises(WeightsError) as error:
+    read_weights_file(tflite_path, alpha=0.5)
+  assert 'has 32 output channels, expected 16 (is alpha right?)' in str(error.value)
+  assert 'damaged' not in str(error.value)
+
+
 def test_top_is_dropped_on_request_but_never_invented(published_035):
   without_top = load_pretrained(str(published_035), alpha=0.35, include_top=False)
   assert 'predictions' not in without_top['params']

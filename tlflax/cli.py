@@ -5,6 +5,8 @@ import contextlib
 import functools
 import os
 import sys
+import traceback
+from typing import Optional
 
 from absl import app, flags
 
@@ -92,13 +94,28 @@ def run_errors_as_one_line(interrupted_outcome: str = 'nothing was changed'):
     _end_interrupted(e, interrupted_outcome)
 
 
+def _config_file(argv) -> Optional[str]:
+  """The config file's absolute path, from `--config=PATH[:variant]` or `--config PATH...`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return os.path.abspath(arg.split('=', 1)[1].split(':')[0])
+    if arg == '--config' and i + 1 < len(argv):
+      return os.path.abspath(argv[i + 1].split(':')[0])
+  return None
+
+
 def _config_error(error: Exception, argv) -> str:
-  """The one-line form of an error ml_collections raised for `--config` or an override."""
+  """The one-line form of an error ml_collections raised for `--config` or an override, or of
+  one the config file's own code raised."""
+  path = _config_file(argv)
   if isinstance(error, SyntaxError):  # the config file does not parse
     return f'--config: {error.filename}, line {error.lineno}: {error.msg}'
+  in_file = [frame for frame in traceback.extract_tb(error.__traceback__)
+             if path and os.path.abspath(frame.filename) == path]
+  if in_file:
+    return f'--config: {path}, line {in_file[-1].lineno}: {type(error).__name__}: {error}'
   if isinstance(error, AttributeError) and "attribute 'get_config'" in str(error):
-    config = next((a for a in argv if a.startswith('--config=')), '--config')
-    return f'{config}: the file defines no get_config() (see configs/cats_dogs.py)'
+    return f'--config={path}: the file defines no get_config() (see configs/cats_dogs.py)'
   if isinstance(error, (AttributeError, KeyError)):  # an unknown key: "'key'\nDid you mean ..."
     inner = error.args[0] if error.args else error
     text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
@@ -128,7 +145,7 @@ def parse_flags(argv):
     if 'config' in FLAGS and FLAGS.config is not None:
       FLAGS.config.keys()  # a config file that failed to load raises on any use
     return parsed
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+  except Exception as e:  # absl and ml_collections raise many kinds, and so may a config file
     _exit_with(f'{_config_error(e, argv[1:])}. Run {_program(argv)} --helpfull for the flags.',
                2)
   except interrupts.Interrupted as e:

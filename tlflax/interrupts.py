@@ -33,47 +33,61 @@ class Interrupted(BaseException):
     return f'interrupted by {self.signal_name}{during}; {self.outcome or default_outcome}'
 
 
-_raised = False  # an `Interrupted` is on its way up: a second signal ends the process
-_held = 0  # inside `held` blocks: a signal waits for the outermost block's end
-_pending: Optional[int] = None  # the signal that waits
+class _State:
+  """Where the handling of a signal stands (one per process: signals go to the main thread)."""
+  raised = False  # an `Interrupted` is on its way up: a second signal ends the process
+  held: list = []  # what the `held` blocks being run do, outermost first
+  pending: Optional[int] = None  # a signal that waits for the outermost `held` block's end
+  redelivery: Optional[int] = None  # a swallowed signal, about to be sent again
+  previous_unraisable_hook = None
 
 
 def _raise(signal_number, frame):
-  global _raised, _pending
-  if _raised or _pending is not None:  # a second signal: as without these handlers
+  if _State.redelivery is not None:  # the swallowed first signal, back (or a second, as early)
+    signal_number, _State.redelivery = _State.redelivery, None
+  elif _State.raised or _State.pending is not None:  # a second signal: as without these handlers
     signal.signal(signal_number, signal.SIG_DFL)
     os.kill(os.getpid(), signal_number)
     return
-  if _held:
-    _pending = signal_number
+  elif _State.held:
+    _State.pending = signal_number
+    print(f'{signal.Signals(signal_number).name}: stopping once {_State.held[0]} is done (a '
+          'second signal stops at once)', file=sys.stderr, flush=True)
     return
-  _raised = True
+  _State.raised = True
   raise Interrupted(signal_number)
 
 
-def _raise_again_if_swallowed(unraisable, previous_hook=sys.unraisablehook):
+def _send_redelivery():
+  number = _State.redelivery
+  if number is not None:
+    os.kill(os.getpid(), number)
+
+
+def _raise_again_if_swallowed(unraisable):
   """Python drops an exception raised inside a garbage-collection callback or a `__del__` (JAX
   runs one at each collection) and reports it "ignored": an `Interrupted` that lands there is
   delivered again a moment later, to the code that runs next (sent by a timer thread: raised here,
   it would be dropped the same way; should it land in such a place again, it comes back here)."""
-  global _raised
   if isinstance(unraisable.exc_value, Interrupted):
-    _raised = False
-    number = signal.Signals[unraisable.exc_value.signal_name]
-    timer = threading.Timer(0.01, os.kill, (os.getpid(), number))
+    _State.raised = False
+    _State.redelivery = signal.Signals[unraisable.exc_value.signal_name]
+    timer = threading.Timer(0.01, _send_redelivery)
     timer.daemon = True
     timer.start()
   else:
-    previous_hook(unraisable)
+    _State.previous_unraisable_hook(unraisable)
 
 
 def raise_on_signals():
   """From now on the first SIGINT or SIGTERM raises `Interrupted` in the main thread; a second
   one, during the clean-up, ends the process as it would have without (no clean-up is then half
-  done in Python: checkpoints are written to a temporary folder and renamed whole)."""
-  global _raised, _pending
-  _raised, _pending = False, None
-  sys.unraisablehook = _raise_again_if_swallowed
+  done in Python: checkpoints are written to a temporary folder and renamed whole). Called
+  again, it starts afresh (a process that carried on after an `Interrupted`)."""
+  _State.raised, _State.held, _State.pending, _State.redelivery = False, [], None, None
+  if sys.unraisablehook is not _raise_again_if_swallowed:
+    _State.previous_unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _raise_again_if_swallowed
   for number in SIGNALS:
     signal.signal(number, _raise)
 
@@ -87,20 +101,23 @@ def end_by(error: Interrupted):
 
 
 @contextlib.contextmanager
-def held():
-  """A block that a first signal does not cut short (writing the files that mark an epoch saved,
-  say): the signal raises `Interrupted` when the block ends. A second signal still ends the
-  process at once."""
-  global _held, _pending, _raised
-  _held += 1
+def held(what: str):
+  """A block that a first signal does not cut short (`what`: "epoch 3's checkpoint", say): the
+  signal is announced and raises `Interrupted` when the block ends. A second signal still ends
+  the process at once. Should the block fail, its error goes up, and the signal counts as
+  handled."""
+  _State.held.append(what)
+  succeeded = False
   try:
     yield
+    succeeded = True
   finally:
-    _held -= 1
-  if not _held and _pending is not None:
-    number, _pending = _pending, None
-    _raised = True
-    raise Interrupted(number)
+    _State.held.pop()
+    if not _State.held and _State.pending is not None:
+      number, _State.pending = _State.pending, None
+      _State.raised = True
+      if succeeded:  # now the signal stops the work
+        raise Interrupted(number)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 The command lines call `hide()` unless `--library_logs` is given: TensorFlow's C++ log lines are
 turned off (`TF_CPP_MIN_LOG_LEVEL=3`, where the environment does not set it: its JPEG decoder logs
-each damaged image as an ERROR, and tlflax names each image it skips itself),
+each damaged image as an ERROR, and tlflax's own warning counts the images it skips),
 TensorFlow is imported with stderr discarded (its import-time lines ignore that setting:
 tensorflow/tensorflow#100442), and the INFO records that other code than tlflax's logs are
 dropped (JAX's "Unable to initialize backend 'tpu'", orbax's line per checkpoint step,

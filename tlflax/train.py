@@ -326,7 +326,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
           run.config.best_metric, mode)
       if stop:
         history['phases'][phase.name]['stopped_early_after'] = epoch - phase.first_epoch
-      with interrupts.during(f'the saving of epoch {epoch}'), interrupts.held():
+      with interrupts.during(f'the saving of epoch {epoch}'), \
+          interrupts.held(f'the saving of epoch {epoch}'):
         if epoch == phase.last_epoch or stop:  # before the epoch's checkpoint, which marks it done
           run.checkpoints.save_phase(phase.name, state.variables)
         run.checkpoints.save(epoch, state, {

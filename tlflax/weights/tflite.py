@@ -90,6 +90,8 @@ def read_tflite(path: str, alpha: float = 1.0) -> KerasWeights:
   `WeightsError` for one that is not MobileNetV2's or does not parse (a truncated download)."""
   try:
     return _read(_Graph(path), alpha)
+  except WeightsError:  # a file that parses but is not the MobileNetV2 asked for
+    raise
   except (struct.error, IndexError, ValueError) as e:  # offsets past the end of the file
     raise WeightsError(f'{path} is damaged (truncated?): its TFLite flatbuffer does not parse '
                        f'({e})') from e
