@@ -46,6 +46,8 @@ flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s 
                   'evaluate on data settings (seed, data.*) other than the training run\'s.')
 flags.mark_flags_as_required(['workdir'])
 cli.mark_not_empty('workdir')
+for name, what in (('inputs', 'images'), ('model', 'a .tflite file'), ('output', 'a CSV file')):
+  cli.mark_not_empty(name, what)
 
 
 # Flags that only these modes read; given with another mode they are a usage error.
@@ -59,8 +61,7 @@ MODE_FLAGS = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict', 'exp
 INTERRUPTED_OUTCOMES = {
     'train': 'run the same command again to resume',
     'evaluate': 'the report is written at the end: run it again',
-    'export': 'an earlier export is kept (in export/, or export.previous/ if it was being '
-              'replaced)',
+    'export': 'export/ was not changed',
     'predict': 'no image was classified yet, so no CSV was written'}
 
 

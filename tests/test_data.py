@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
 import fake_tfds
@@ -36,6 +37,24 @@ def test_tfds_split_sizes_follow_the_percentages(scheme, sizes):
     batch = next(train_dataset(splits['train'], PipelineConfig(batch_size=8), 0)
                  .as_numpy_iterator())
   assert batch['image'].shape == (8, 160, 160, 3) and batch['label'].dtype == np.int32
+
+
+def test_a_tfds_download_that_fails_offline_is_one_error(monkeypatch):
+  """TFDS retries for minutes without a network, then raises requests' ConnectionError (an
+  OSError): one DataError that says what to do instead."""
+  import requests
+
+  class Offline:
+    def download_and_prepare(self):
+      raise requests.exceptions.ConnectionError("HTTPSConnectionPool(host='download.microsoft."
+                                                "com', port=443): Max retries exceeded\n...")
+  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir=None: Offline())
+  with pytest.raises(DataError) as error:
+    tfds_splits('cats_vs_dogs')
+  assert str(error.value) == (
+      "TFDS cats_vs_dogs: could not download and prepare it (ConnectionError: HTTPSConnectionPool"
+      "(host='download.microsoft.com', port=443): Max retries exceeded); without internet, train "
+      'on a folder of images instead (--config.data.folder=PATH)')
 
 
 def test_unknown_split_scheme_is_refused():

@@ -1,6 +1,7 @@
 """Export (`--mode=export`): SavedModel, Keras and TFLite files that give tlflax's probabilities."""
 import collections
 import json
+import signal
 import subprocess
 import sys
 
@@ -256,6 +257,17 @@ def test_exports_replace_each_other_and_a_wrong_one_stops(tiny_run, tmp_path, mo
     exporter.export(config, workdir, ('saved_model', 'keras'))
   assert (workdir / 'export' / 'export.json').read_text() == written
   assert not (workdir / 'export' / 'saved_model').exists()
+  assert not (workdir / 'export.partial').exists()
+  from tlflax import interrupts
+
+  def interrupted(*args, **kwargs):
+    raise interrupts.Interrupted(signal.SIGINT)
+  monkeypatch.setattr(exporter.tflite, 'save', interrupted)
+  with pytest.raises(interrupts.Interrupted) as raised:
+    exporter.export(config, workdir, ('saved_model', 'tflite'))
+  assert (raised.value.during, raised.value.outcome) == ('the TFLite export',
+                                                         'export/ was not changed')
+  assert (workdir / 'export' / 'export.json').read_text() == written
   assert not (workdir / 'export.partial').exists()
   config.image_size = 64
   with pytest.raises(ConfigError, match='trained at image_size=32; the config has 64'):

@@ -404,6 +404,20 @@ def test_a_checkpoint_being_written_when_a_signal_comes_is_finished(tiny_run, tm
   assert raised.value.outcome.endswith('resume after epoch 2')
 
 
+def test_interrupted_in_the_final_evaluation_it_says_only_that_remains(tiny_run, tmp_path,
+                                                                        monkeypatch):
+  from tlflax import interrupts, train
+
+  def interrupted(*args, **kwargs):
+    raise interrupts.Interrupted(signal.SIGINT)
+  monkeypatch.setattr(train, 'evaluate_per_class', interrupted)
+  with pytest.raises(interrupts.Interrupted) as raised:
+    train_and_evaluate(tiny_run, tmp_path / 'run')
+  assert raised.value.during == 'the final evaluation and reports'
+  assert raised.value.outcome == (f'every epoch is saved in {tmp_path / "run"}: run the same '
+                                  'command again for the final evaluation')
+
+
 def test_a_start_that_fails_leaves_nothing_that_blocks_a_corrected_retry(tiny_run, tmp_path):
   """Weights that do not load (as `imagenet` offline): the start stops with one line and removes
   what it made (the workdir it created; in an existing one, its own files only); the retry with
@@ -564,7 +578,7 @@ def test_predict_with_no_readable_image_is_an_error_and_writes_no_csv(tiny_run, 
   code, output = run_main(workdir, finished_run[1], '--mode=predict', f'--inputs={inputs}')
   assert code == 1 and 'Traceback' not in output, output[-3000:]
   assert the_line_with('error:', output).endswith(
-      'none of the 2 images could be classified (each skipped one is named above)')
+      'none of the 2 image(s) could be classified (each skipped one is named above)')
   assert not list(workdir.glob('predictions_*.csv'))
   code, output = run_main(workdir, finished_run[1], '--mode=predict',
                           f'--inputs={tmp_path}/no_such_folder')

@@ -303,6 +303,11 @@ def test_a_misspelt_key_and_a_missing_config_file_are_plain_lines(tmp_path):
   code, output = run_main(tmp_path / 'w', [], config_file=syntax_error)
   assert code == 2 and one_error_line(output).startswith(
       f'error: --config: {syntax_error}, line 1: invalid syntax')
+  returns_none = tmp_path / 'returns_none.py'
+  returns_none.write_text('def get_config():\n  return None\n')
+  code, output = run_main(tmp_path / 'w', [], config_file=returns_none)
+  assert code == 2 and one_error_line(output).startswith(
+      f'error: --config={returns_none}: get_config() returned None')
   raises = tmp_path / 'raises.py'
   raises.write_text('import math\n\n\ndef get_config():\n  return math.sqr(2)\n')
   code, output = run_main(tmp_path / 'w', [], config_file=raises)
@@ -317,7 +322,10 @@ def test_a_misspelt_key_and_a_missing_config_file_are_plain_lines(tmp_path):
     (['--workdir=w', '--split=train'], 'error: --split is for --mode=evaluate. Run main.py '
                                        '--helpfull for the flags.'),
     (['--workdir=w', '--mode=predict'], 'error: --mode=predict needs --inputs=PATH. Run main.py '
-                                        '--helpfull for the flags.')])
+                                        '--helpfull for the flags.'),
+    (['--workdir=w', '--mode=predict', '--inputs=x', '--model='],
+     'error: flag --model=: --model is empty: it names a .tflite file. Run main.py --helpfull for '
+     'the flags.')])
 def test_usage_errors_are_one_line_not_the_help(flags, message):
   """An empty --workdir (an unset shell variable) is not the current folder; flags that do not go
   together say so in one line, with status 2, not with the whole help."""

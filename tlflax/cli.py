@@ -43,11 +43,11 @@ def prepare_process():
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
-def mark_not_empty(name: str):
+def mark_not_empty(name: str, what: str = 'a folder'):
   """An empty `--name=` (a shell variable that was not set, say) is a usage error, not the
-  current folder."""
+  current folder or the flag's default."""
   flags.register_validator(name, lambda value: value is None or bool(value.strip()),
-                           message=f'--{name} is empty: it names a folder')
+                           message=f'--{name} is empty: it names {what}')
 
 
 def run(main):
@@ -144,6 +144,9 @@ def parse_flags(argv):
     parsed = FLAGS(argv)
     if 'config' in FLAGS and FLAGS.config is not None:
       FLAGS.config.keys()  # a config file that failed to load raises on any use
+    elif 'config' in FLAGS and FLAGS['config'].present:
+      raise ValueError(f'--config={_config_file(argv[1:])}: get_config() returned None (it must '
+                       'return the config, see configs/cats_dogs.py)')
     return parsed
   except Exception as e:  # absl and ml_collections raise many kinds, and so may a config file
     _exit_with(f'{_config_error(e, argv[1:])}. Run {_program(argv)} --helpfull for the flags.',

@@ -129,7 +129,7 @@ def _classified(batches, count: int, classify, class_names, batch_size: int,
         written += len(rows)
         yield from rows
     if not written:
-      raise DataError(f'none of the {count} images could be classified (each skipped one is '
+      raise DataError(f'none of the {count} image(s) could be classified (each skipped one is '
                       'named above)')
   except interrupts.Interrupted as e:
     e.outcome = (f'{csv_path} holds the {written} image(s) classified before' if written else

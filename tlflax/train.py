@@ -230,15 +230,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
       finally:  # decoded images on disk go, also when the run fails
         run.image_feed.image_cache.remove_files()
   except interrupts.Interrupted as e:
-    e.outcome = resume_hint(workdir)
+    e.outcome = resume_hint(workdir, trained=e.during == FINAL_EVALUATION)
     raise
 
 
-def resume_hint(workdir) -> str:
-  """What an interrupted run kept in `workdir`, and how to go on."""
+FINAL_EVALUATION = 'the final evaluation and reports'
+
+
+def resume_hint(workdir, trained: bool = False) -> str:
+  """What an interrupted run kept in `workdir`, and how to go on (`trained`: every epoch ran)."""
   saved = workdir_lib.saved_epochs(workdir)
   if not saved:
     return 'no epoch was saved, so nothing was kept: the same command starts the run again'
+  if trained:
+    return (f'every epoch is saved in {workdir}: run the same command again for the final '
+            'evaluation')
   return (f'epochs up to {saved[-1]} are saved in {workdir}: run the same command again to '
           f'resume after epoch {saved[-1]}')
 
@@ -262,7 +268,7 @@ def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
       position = _run_phase(run, phase, position)
   run.checkpoints.close()
   history = position.history
-  with interrupts.during('the final evaluation and reports'):
+  with interrupts.during(FINAL_EVALUATION):
     final = {split: evaluate_per_class(run.image_feed, position.variables, split, run.workdir,
                                       run.primary) for split in ('validation', 'test')}
     history['test'] = evaluation.summary(final['test'])

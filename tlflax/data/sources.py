@@ -193,7 +193,13 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
   of the wanted positions (`Source.records_between`)."""
   check_split_scheme(split_scheme)
   builder = tfds.builder(name, data_dir=data_dir)
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except OSError as e:  # no network (requests' errors are OSErrors), a full disk, ...
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise DataError(f'TFDS {name}: could not download and prepare it ({type(e).__name__}: '
+                    f'{reason}); without internet, train on a folder of images instead '
+                    '(--config.data.folder=PATH)') from e
   image_key, label_key = feature_names(name, builder.info.features, builder.info.supervised_keys,
                                        image_feature, label_feature)
   class_names = tuple(builder.info.features[label_key].names)

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from tlflax import config as config_lib
-from tlflax import param_groups, parallel, reports, tracking
+from tlflax import interrupts, param_groups, parallel, reports, tracking
 from tlflax.classifier import abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.errors import ConfigError, ExportError
@@ -131,10 +131,14 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
     record = _record(config, workdir, checkpoint, trained, files, checks, calibrated_on, quantize,
                      float_from)
     reports.write_json(out / 'export.json', record)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(out, ignore_errors=True)
+    if isinstance(e, interrupts.Interrupted):
+      e.outcome = ('export/ was not changed' if (Path(workdir) / 'export').is_dir() else
+                   'nothing was exported')
     raise
-  _replace_folder(out, Path(workdir) / 'export')
+  with interrupts.held('the export\'s move into place'):
+    _replace_folder(out, Path(workdir) / 'export')
   return record
 
 
@@ -153,22 +157,27 @@ def _write_models(out: Path, formats, quantize: str, config, trained, serve, ima
     checks[kind] = _compare(kind, run(check_images), expected, exact=kind != 'tflite_int8')
 
   if 'saved_model' in formats:
-    saved_model.save(serve, out / FILES['saved_model'], config.image_size)
-    written('saved_model', saved_model.load(out / FILES['saved_model']))
+    with interrupts.during('the SavedModel export'):
+      saved_model.save(serve, out / FILES['saved_model'], config.image_size)
+      written('saved_model', saved_model.load(out / FILES['saved_model']))
   if 'keras' in formats or 'tflite' in formats:
-    model = keras_model.keras_classifier(
-        jax.device_get(trained.variables), config.model.alpha, config.image_size,
-        len(trained.class_names), trained.objective.sigmoid, config.model.dropout)
+    with interrupts.during('the Keras model\'s construction'):
+      model = keras_model.keras_classifier(
+          jax.device_get(trained.variables), config.model.alpha, config.image_size,
+          len(trained.class_names), trained.objective.sigmoid, config.model.dropout)
     if 'keras' in formats:
-      model.save(out / FILES['keras'])
-      written('keras', keras_model.load(out / FILES['keras']))
+      with interrupts.during('the Keras export'):
+        model.save(out / FILES['keras'])
+        written('keras', keras_model.load(out / FILES['keras']))
     if 'tflite' in formats:
-      tflite.save(model, out / FILES['tflite'])
-      written('tflite', tflite.TFLiteClassifier(out / FILES['tflite']))
+      with interrupts.during('the TFLite export'):
+        tflite.save(model, out / FILES['tflite'])
+        written('tflite', tflite.TFLiteClassifier(out / FILES['tflite']))
     if quantize != 'none':
-      tflite.save(model, out / FILES['tflite_int8'], representative_images=calibration_images,
-                  float_from=float_from)
-      written('tflite_int8', tflite.TFLiteClassifier(out / FILES['tflite_int8']))
+      with interrupts.during('the int8 TFLite export'):
+        tflite.save(model, out / FILES['tflite_int8'], representative_images=calibration_images,
+                    float_from=float_from)
+        written('tflite_int8', tflite.TFLiteClassifier(out / FILES['tflite_int8']))
       _check_int8_agreement(checks['tflite_int8']['top1_agreement'])
   return files, checks, len(calibration_images) if quantize != 'none' else 0
 
