@@ -15,18 +15,12 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from photos import labelled_images, median_ms  # noqa: E402  (bench/)
+from photos import define_flags, labelled_images, median_ms  # noqa: E402  (bench/)
 
-config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'A trained workdir with an export/ folder.')
-flags.DEFINE_string('photos', str(ROOT.parent / 'shared' / 'data' / 'cats_vs_dogs_mini' /
-                                  'validation'), 'Labelled photos, one folder per class.')
-flags.DEFINE_integer('runs', 100, 'Timed single-image calls per model.')
-flags.mark_flags_as_required(['config', 'workdir'])
+define_flags('A trained workdir with an export/ folder.', runs=100)
 FLAGS = flags.FLAGS
 
 

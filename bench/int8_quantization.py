@@ -27,18 +27,12 @@ import tempfile
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from photos import labelled_images, median_ms  # noqa: E402  (bench/)
+from photos import define_flags, labelled_images, median_ms  # noqa: E402  (bench/)
 
-config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'A trained workdir.')
-flags.DEFINE_string('photos', str(ROOT.parent / 'shared' / 'data' / 'cats_vs_dogs_mini' /
-                                  'validation'), 'Labelled photos, one folder per class.')
-flags.DEFINE_integer('runs', 50, 'Timed single-image calls per model.')
-flags.mark_flags_as_required(['config', 'workdir'])
+define_flags('A trained workdir.', runs=50)
 FLAGS = flags.FLAGS
 
 
@@ -69,17 +63,13 @@ def main(_):
 
   def per_tensor_weights(path, calibration):  # one scale per kernel instead of per channel
     with tempfile.TemporaryDirectory() as saved, library_logs.quiet():
-      converter = tflite.tflite_converter(model, saved)
-      converter.optimizations = [tf.lite.Optimize.DEFAULT]
-      converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+      converter = tflite.calibrated(tflite.tflite_converter(model, saved), calibration)
       converter._experimental_disable_per_channel = True
       path.write_bytes(converter.convert())
 
   def int16_activations(path, calibration):
     with tempfile.TemporaryDirectory() as saved, library_logs.quiet():
-      converter = tflite.tflite_converter(model, saved)
-      converter.optimizations = [tf.lite.Optimize.DEFAULT]
-      converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+      converter = tflite.calibrated(tflite.tflite_converter(model, saved), calibration)
       converter.target_spec.supported_ops = [  # the builtins for ops 16x8 lacks (CAST)
           tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
           tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -123,9 +113,7 @@ def main(_):
           f'{latency:.2f} | {latency / float_latency:.2f} |', flush=True)
 
   with tempfile.TemporaryDirectory() as saved, library_logs.quiet():
-    converter = tflite.tflite_converter(model, saved)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None]] for image in pool)
+    converter = tflite.calibrated(tflite.tflite_converter(model, saved), pool)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: ([images[i:i + 1]] for i in
                                                     range(0, len(images), 4)))

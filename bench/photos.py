@@ -1,10 +1,25 @@
-"""What the export benchmarks share: labelled photos as exported models take them, and the median
-latency of single-image calls."""
+"""What the export benchmarks share: their flags, labelled photos as exported models take them,
+and the median latency of single-image calls."""
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def define_flags(workdir_help: str, runs: int):
+  """--config, --workdir (required), --photos (the shared cats/dogs validation photos) and
+  --runs (timed single-image calls per model, `runs` by default)."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
+  flags.DEFINE_string('workdir', None, workdir_help)
+  flags.DEFINE_string('photos', str(ROOT.parent / 'shared' / 'data' / 'cats_vs_dogs_mini' /
+                                    'validation'), 'Labelled photos, one folder per class.')
+  flags.DEFINE_integer('runs', runs, 'Timed single-image calls per model.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def labelled_images(folder, class_names, image_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -385,23 +385,33 @@ def test_a_signalled_run_says_in_one_line_where_it_stopped_and_resumes(longer_ep
                          'history.json, test_metrics.json, evaluation/'), last
 
 
-def test_a_checkpoint_being_written_when_a_signal_comes_is_finished(tiny_run, tmp_path,
-                                                                     monkeypatch):
-  """A SIGTERM that arrives right after epoch 2's checkpoint was handed to orbax (which writes it
-  in the background): the run waits for it, so epoch 2 is saved, and says so."""
-  from tlflax import checkpoints, interrupts, workdir
+def signalled_while_saving_epoch_2(config, workdir: Path, monkeypatch, real_signal_first: bool):
+  """Trains `config` in `workdir` with a SIGTERM at epoch 2's checkpoint, and checks that epoch 2
+  is saved all the same and that the run says so. `real_signal_first`: a real SIGTERM as the
+  saving starts, before orbax has the checkpoint; else `Interrupted` right after orbax took it
+  (and writes it in the background)."""
+  from tlflax import checkpoints, interrupts
+  from tlflax import workdir as workdir_lib
   save = checkpoints.Checkpoints.save
 
-  def save_then_signal(self, epoch, *args):
+  def save_with_a_signal(self, epoch, *args):
+    if epoch == 2 and real_signal_first:
+      os.kill(os.getpid(), signal.SIGTERM)
     save(self, epoch, *args)
-    if epoch == 2:
+    if epoch == 2 and not real_signal_first:
       raise interrupts.Interrupted(signal.SIGTERM)
-  monkeypatch.setattr(checkpoints.Checkpoints, 'save', save_then_signal)
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', save_with_a_signal)
   with pytest.raises(interrupts.Interrupted) as raised:
-    train_and_evaluate(tiny_run, tmp_path / 'run')
-  assert workdir.saved_epochs(tmp_path / 'run') == [1, 2]
+    train_and_evaluate(config, workdir)
+  assert workdir_lib.saved_epochs(workdir) == [1, 2]
   assert raised.value.during == 'the saving of epoch 2'
   assert raised.value.outcome.endswith('resume after epoch 2')
+
+
+def test_a_checkpoint_being_written_when_a_signal_comes_is_finished(tiny_run, tmp_path,
+                                                                     monkeypatch):
+  """A SIGTERM right after epoch 2's checkpoint was handed to orbax: the run waits for it."""
+  signalled_while_saving_epoch_2(tiny_run, tmp_path / 'run', monkeypatch, real_signal_first=False)
 
 
 def test_interrupted_in_the_final_evaluation_it_says_only_that_remains(tiny_run, tmp_path,
@@ -510,20 +520,8 @@ def test_a_signal_that_lands_in_a_garbage_collection_callback_is_not_lost(signal
 def test_a_signal_while_an_epoch_is_saved_waits_for_its_checkpoint(tiny_run, tmp_path, capfd,
                                                                     monkeypatch, signals_raise):
   """A real SIGTERM that arrives as epoch 2's saving starts (before orbax has the checkpoint):
-  epoch 2 is saved all the same, then the run stops saying so."""
-  from tlflax import checkpoints, interrupts, workdir
-  save = checkpoints.Checkpoints.save
-
-  def signal_then_save(self, epoch, *args):
-    if epoch == 2:
-      os.kill(os.getpid(), signal.SIGTERM)
-    save(self, epoch, *args)
-  monkeypatch.setattr(checkpoints.Checkpoints, 'save', signal_then_save)
-  with pytest.raises(interrupts.Interrupted) as raised:
-    train_and_evaluate(tiny_run, tmp_path / 'run')
-  assert workdir.saved_epochs(tmp_path / 'run') == [1, 2]
-  assert raised.value.during == 'the saving of epoch 2'
-  assert raised.value.outcome.endswith('resume after epoch 2')
+  it is announced, epoch 2 is saved all the same, then the run stops saying so."""
+  signalled_while_saving_epoch_2(tiny_run, tmp_path / 'run', monkeypatch, real_signal_first=True)
   assert ('SIGTERM: stopping once the saving of epoch 2 is done (a second signal stops at once)'
           in capfd.readouterr().err)
 

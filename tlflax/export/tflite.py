@@ -66,6 +66,15 @@ def ops_from(model_content: bytes, layer: str) -> list[str]:
   return outputs[first:]
 
 
+def calibrated(converter, images):
+  """`converter` (`tflite_converter`) set for int8 weights and activations, calibrated on
+  `images` (uint8, (n, size, size, 3)) one at a time."""
+  import tensorflow as tf
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([image[None]] for image in images)
+  return converter
+
+
 def save(keras_model, path, representative_images=None, float_from=None):
   """Writes `keras_model` (Keras on TensorFlow: `keras_model.check_backend`) as a TFLite file:
   float32, or with `representative_images` (uint8, (n, size, size, 3)) int8 weights and
@@ -79,15 +88,10 @@ def save(keras_model, path, representative_images=None, float_from=None):
       Path(path).write_bytes(converter.convert())
       return
     kept = ops_from(converter.convert(), float_from) if float_from else None
-
-    def representative_dataset():
-      for image in representative_images:
-        yield [image[None]]
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset
+    calibrated(converter, representative_images)
     # the converter's own selective quantization (TFLite's quantization debugger)
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset,
+        converter=converter, debug_dataset=converter.representative_dataset,
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept))
     Path(path).write_bytes(debugger.get_nondebug_quantized_model())
 
