@@ -31,7 +31,6 @@ def main(_):
   import tensorflow as tf
 
   from tlflax import parallel
-  from tlflax.data import transforms
   from tlflax.export import saved_model
   from tlflax.export.exporter import size_on_disk
   from tlflax.export.tflite import TFLiteClassifier
@@ -44,7 +43,7 @@ def main(_):
 
   trained = restore_for_inference(FLAGS.config, FLAGS.workdir, parallel.data_mesh())
   apply = jax.jit(lambda x: trained.objective.probabilities(trained.model.apply(
-      trained.variables, transforms.scale_to_unit_range(x.astype(np.float32)))))
+      trained.variables, trained.model.spec.preprocessing(x.astype(np.float32)))))
   keras_net = keras.models.load_model(folder / files['keras'])
   models = {
       'tlflax (jit, checkpoint)': lambda x: np.asarray(apply(x)),

@@ -55,8 +55,8 @@ def main(_):
   reference = np.concatenate([np.asarray(serve(images[i:i + 50]))
                               for i in range(0, len(images), 50)])
   model = keras_model.keras_classifier(
-      jax.device_get(trained.variables), config.model.alpha, config.image_size,
-      len(trained.class_names), trained.objective.sigmoid, config.model.dropout)
+      trained.model, jax.device_get(trained.variables), config.image_size,
+      len(trained.class_names), trained.objective.sigmoid)
   pool = exporter.training_images(config, exporter.CHECK_IMAGES + 500)[exporter.CHECK_IMAGES:]
   first_fine_tuned = exporter.fine_tuned_from(config, trained.model)
   folder = Path(tempfile.mkdtemp(prefix='tlflax-int8-'))

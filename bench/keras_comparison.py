@@ -415,7 +415,7 @@ def main(argv):
   make_subset(workdir, FLAGS.train_images, FLAGS.val_images)
   save_variables(workdir / 'weights.msgpack',
                  load_pretrained(str(WEIGHTS), include_top=False, input_size=IMAGE_SIZE),
-                 alpha=1.0, source=str(WEIGHTS))
+                 backbone='mobilenet_v2', backbone_args={'alpha': 1.0}, source=str(WEIGHTS))
   samples = {name: [] for name in FLAGS.runs}
   predicting = FLAGS.predict and {'tlflax', 'keras-tf'} <= set(FLAGS.runs)
   samples['prediction'] = []

@@ -59,7 +59,7 @@ def main(argv):
     validation = keras.utils.image_dataset_from_directory(folder / 'validation', shuffle=False,
                                                           **kwargs)
     assert train.class_names == validation.class_names == class_names
-    variables = load_pretrained(str(WEIGHTS), alpha=1.0, include_top=False, input_size=IMAGE_SIZE)
+    variables = load_pretrained(str(WEIGHTS), include_top=False, input_size=IMAGE_SIZE)
     base = keras_base_with_ported_weights(keras, variables)
     base.trainable = False
     augmentation = keras.Sequential([keras.layers.RandomFlip('horizontal'),

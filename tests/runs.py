@@ -34,7 +34,8 @@ def make_synthetic_folder(root, per_class=12, size=40, classes=TWO_CLASSES):
 
 # The tiny run's settings, as `--config.KEY=VALUE` keys. Its frozen layers run one image at a
 # time (`compute.frozen_chunk`), so that the command-line tests go through the chunked steps.
-TINY = {'model.alpha': 0.35, 'image_size': 32, 'batch_size': 4, 'compute.frozen_chunk': 1,
+TINY = {'model.backbone_args': {'alpha': 0.35}, 'image_size': 32, 'batch_size': 4,
+        'compute.frozen_chunk': 1,
         'phases.feature_extraction.epochs': 1, 'phases.feature_extraction.learning_rate': 1e-3,
         'phases.fine_tune.epochs': 2, 'phases.fine_tune.learning_rate': 1e-4}
 
@@ -43,7 +44,7 @@ def tiny_config(base: Path):
   """Synthetic images and calibrated random alpha-0.35 weights: a run that finishes in seconds."""
   folder = make_synthetic_folder(base / 'images')
   weights = base / 'backbone.h5'
-  write_published_h5(weights, random_keras_model(0.35, False, 32))
+  write_published_h5(weights, random_keras_model('mobilenet_v2', {'alpha': 0.35}, False, 32))
   config = cats_dogs.get_config()
   config.update_from_flattened_dict({**TINY, 'data.folder': str(folder),
                                      'model.weights': str(weights)})

@@ -150,7 +150,7 @@ def test_head_width_and_loss_follow_the_class_count():
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError, match=message):
       check_config(config)
-  model = Classifier(alpha=0.35, outputs=5)
+  model = Classifier(backbone_args={'alpha': 0.35}, outputs=5)
   variables = init_variables(model, 32, jax.random.key(0), 'none')
   assert variables['params']['head']['kernel'].shape == (1280, 5)
   assert model.apply(variables, np.zeros((3, 32, 32, 3), np.float32)).shape == (3, 5)
@@ -318,7 +318,7 @@ def test_six_classes_end_to_end(tiny_run, tmp_path):
   assert 'val_top5_accuracy' in result.history['epochs'][-1]
 
   # the reports' loss is the smoothed cross-entropy of the final model's logits, computed here
-  model = Classifier(alpha=0.35, outputs=6)
+  model = Classifier(backbone_args={'alpha': 0.35}, outputs=6)
   images, labels = [], []
   for label, name in enumerate(names):
     for path in sorted((folder / 'test' / name).iterdir()):

@@ -19,6 +19,7 @@ from PIL import Image
 import fake_tfds
 from runs import ROOT, free_port
 
+from tlflax.backbones.preprocessing import UNIT_RANGE
 from tlflax.data import transforms
 from tlflax.data.folders import DataError, scan_image_folder
 from tlflax.data.image_cache import ImageCache
@@ -208,7 +209,7 @@ def test_preprocessing_equals_keras(tmp_path):
   import keras
   path = save(tmp_path / 'photo.jpg', size=(123, 77))
   image = np.asarray(Image.open(path), np.uint8)
-  ours = transforms.scale_to_unit_range(transforms.resize(image, 160)).numpy()
+  ours = UNIT_RANGE(transforms.resize(image, 160)).numpy()
   resized = keras.layers.Resizing(160, 160, interpolation='bilinear')(image.astype(np.float32))
   theirs = keras.applications.mobilenet_v2.preprocess_input(np.array(resized))
   np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)

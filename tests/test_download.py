@@ -8,9 +8,10 @@ import pytest
 
 from keras_reference import random_keras_model, write_published_h5
 from tlflax.weights import DownloadError, load_pretrained
-from tlflax.weights.download import keras_cache_dir, keras_weights_filename
+from tlflax.backbones import mobilenet_v2
+from tlflax.weights.download import keras_cache_dir
 
-FILENAME = keras_weights_filename(0.35, include_top=False, input_size=96)
+FILENAME = mobilenet_v2.imagenet_weights(include_top=False, input_size=96, alpha=0.35).filename
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -37,7 +38,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope='module')
 def good_file(tmp_path_factory):
   path = tmp_path_factory.mktemp('published') / FILENAME
-  write_published_h5(path, random_keras_model(0.35, False, 96))
+  write_published_h5(path, random_keras_model('mobilenet_v2', {'alpha': 0.35}, False, 96))
   return path.read_bytes()
 
 
@@ -53,8 +54,8 @@ def server(good_file):
 
 
 def load(base_url, cache_dir, **kwargs):
-  return load_pretrained('imagenet', alpha=0.35, include_top=False, input_size=96,
-                         cache_dir=str(cache_dir), base_url=base_url, **kwargs)
+  return load_pretrained('imagenet', backbone_args={'alpha': 0.35}, include_top=False,
+                         input_size=96, cache_dir=str(cache_dir), base_url=base_url, **kwargs)
 
 
 def test_good_file_is_cached_and_reused(server, tmp_path, good_file):
@@ -108,13 +109,14 @@ def test_cache_follows_keras_home(monkeypatch, tmp_path):
     (0.5, True, 224, 'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224.h5'),
     (1.4, False, 300, 'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.4_224_no_top.h5')])
 def test_file_names_are_keras_names(alpha, include_top, size, name):
-  assert keras_weights_filename(alpha, include_top, size) == name
+  file = mobilenet_v2.imagenet_weights(include_top, size, alpha=alpha)
+  assert file.filename == name and file.url == mobilenet_v2.WEIGHTS_URL + name
 
 
 @pytest.mark.parametrize('alpha,include_top,size', [(0.6, False, 224), (1.0, True, 160)])
 def test_weights_keras_does_not_publish_are_refused(alpha, include_top, size):
   with pytest.raises(ValueError):
-    keras_weights_filename(alpha, include_top, size)
+    mobilenet_v2.imagenet_weights(include_top, size, alpha=alpha)
 
 
 def test_a_redirect_from_https_to_http_is_refused():

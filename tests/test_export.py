@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_reference import random_keras_model
 from runs import ROOT, run_main
-from tlflax import parallel
+from tlflax import backbones, parallel
 from tlflax.classifier import Classifier, init_variables
 from tlflax.data import transforms
 from tlflax.errors import ConfigError, ExportError
@@ -20,8 +20,9 @@ from tlflax.export import exporter, keras_model, saved_model
 from tlflax.export.tflite import TFLiteClassifier
 from tlflax.objectives import Objective
 from tlflax.predict import predict, predict_exported
-from tlflax.train import restore_for_inference
+from tlflax.run_parts import restore_for_inference
 from tlflax.weights.convert import to_flax_variables, to_keras_weights
+from tlflax.backbones.preprocessing import UNIT_RANGE
 
 pytestmark = pytest.mark.usefixtures('float32_matmuls')
 
@@ -34,7 +35,7 @@ def uint8_images(paths, size):
 
 def tlflax_probabilities(model, variables, objective, images):
   """The trained model's own forward (the training platform's depthwise) on uint8 images."""
-  scaled = transforms.scale_to_unit_range(np.asarray(images, np.float32))
+  scaled = UNIT_RANGE(np.asarray(images, np.float32))
   return np.asarray(objective.probabilities(jax.jit(model.apply)(variables, scaled)))
 
 
@@ -55,10 +56,11 @@ def tflite_operators(path) -> collections.Counter:
 
 
 def test_keras_weights_are_the_inverse_of_the_port():
-  keras_net = random_keras_model(0.35, include_top=True, size=32)
+  keras_net = random_keras_model('mobilenet_v2', {'alpha': 0.35}, include_top=True, size=32)
   weights = {layer.name: [np.asarray(w) for w in layer.get_weights()]
              for layer in keras_net.layers if layer.weights}
-  back = to_keras_weights(to_flax_variables(weights, 'test'))
+  layers = backbones.table(backbones.get('mobilenet_v2'), {'alpha': 0.35}, include_top=True)
+  back = to_keras_weights(to_flax_variables(weights, 'test', layers), layers)
   assert back.keys() == weights.keys()
   for name, arrays in weights.items():
     assert len(back[name]) == len(arrays)
@@ -72,22 +74,52 @@ def test_keras_classifier_gives_tlflax_probabilities(classes, sigmoid, tmp_path)
   and the jax2tf SavedModel equal the Flax classifier's probabilities."""
   from keras_reference import write_published_h5
   weights = tmp_path / 'backbone.h5'
-  write_published_h5(weights, random_keras_model(0.35, False, 32))
+  write_published_h5(weights, random_keras_model('mobilenet_v2', {'alpha': 0.35}, False, 32))
   objective = Objective(classes, sigmoid)
-  model = Classifier(alpha=0.35, outputs=objective.outputs)
+  model = Classifier(backbone_args={'alpha': 0.35}, outputs=objective.outputs)
   variables = init_variables(model, 32, jax.random.key(1), str(weights))
   variables['params']['head']['kernel'] = variables['params']['head']['kernel'] * 5
   images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
   expected = tlflax_probabilities(model, variables, objective, images)
   assert expected.shape == (6, classes) and expected.max(1).min() < 0.99  # not saturated
   assert np.ptp(expected[:, 0]) > 0.05  # the images are told apart
-  keras_net = keras_model.keras_classifier(variables, 0.35, 32, classes, sigmoid, 0.2)
+  keras_net = keras_model.keras_classifier(model, variables, 32, classes, sigmoid)
   np.testing.assert_allclose(keras_net.predict(images, verbose=0), expected, atol=1e-4)
   saved_model.save(saved_model.serving_function(model, variables, objective),
                    tmp_path / 'saved', 32)
   served = saved_model.load(tmp_path / 'saved')
   np.testing.assert_allclose(served(images), expected, atol=1e-4)
   np.testing.assert_allclose(served(images[:1]), expected[:1], atol=1e-4)  # any batch size
+
+
+@pytest.mark.parametrize('backbone', ['resnet50', 'efficientnet_b0'])
+def test_other_backbones_export_with_the_same_probabilities(backbone, tmp_path):
+  """ResNet50 (caffe preprocessing: BGR and the mean, as a fixed 1x1 convolution in Keras) and
+  EfficientNet-B0 (preprocessing and Normalization inside the network): the Keras model built
+  from their own Keras application, its TFLite file and the jax2tf SavedModel give tlflax's
+  probabilities on uint8 images."""
+  from keras_reference import write_published_h5
+  from tlflax.export import tflite
+  weights = tmp_path / 'backbone.h5'
+  write_published_h5(weights, random_keras_model(backbone, {}, False, 32))
+  objective = Objective(3, sigmoid=False)
+  model = Classifier(backbone, outputs=objective.outputs)
+  variables = init_variables(model, 32, jax.random.key(1), str(weights))
+  images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  preprocessed = model.spec.preprocessing(images.astype(np.float32))
+  features = model.apply(variables, preprocessed, method=lambda m, x: m.features(x))
+  head = variables['params']['head']  # logits of about unit size: probabilities not saturated
+  head['kernel'] = head['kernel'] / (np.std(features) * np.sqrt(features.shape[-1]))
+  expected = np.asarray(objective.probabilities(jax.jit(model.apply)(variables, preprocessed)))
+  assert np.ptp(expected[:, 0]) > 1e-3 and expected.max() < 0.99  # told apart, not saturated
+  keras_net = keras_model.keras_classifier(model, variables, 32, 3, sigmoid=False)
+  np.testing.assert_allclose(keras_net.predict(images, verbose=0), expected, atol=1e-4)
+  tflite.save(keras_net, tmp_path / 'model.tflite')
+  np.testing.assert_allclose(TFLiteClassifier(tmp_path / 'model.tflite')(images), expected,
+                             atol=1e-4)
+  saved_model.save(saved_model.serving_function(model, variables, objective),
+                   tmp_path / 'saved', 32)
+  np.testing.assert_allclose(saved_model.load(tmp_path / 'saved')(images), expected, atol=1e-4)
 
 
 def top_two_margin(probabilities: np.ndarray) -> np.ndarray:
@@ -117,7 +149,7 @@ def test_int8_keeps_float32_from_the_first_layer_whose_kernel_trained():
   kernels and int32 biases, so int8 keeps it) or no backbone training: from the head;
   discriminative rates on every layer: from the stem."""
   from configs import bn_only, cats_dogs, discriminative
-  model = Classifier(alpha=0.35)
+  model = Classifier(backbone_args={'alpha': 0.35})
   assert exporter.fine_tuned_from(cats_dogs.get_config(), model) == FIRST_FINE_TUNED
   assert exporter.fine_tuned_from(bn_only.get_config(), model) == keras_model.HEAD_NAME
   assert exporter.fine_tuned_from(discriminative.get_config(), model) == 'Conv1'
@@ -128,7 +160,7 @@ def test_int8_keeps_float32_from_the_first_layer_whose_kernel_trained():
 
 def test_export_of_the_real_run_gives_its_probabilities_on_400_photos(real_cats_dogs_run,
                                                                       shared_dir, tmp_path):
-  """The README's Deploy commands on the trained 2+2-epoch run: the int8 TFLite model (float32
+  """docs/deploy.md's Deploy commands on the trained 2+2-epoch run: the int8 TFLite model (float32
   from the first fine-tuned layer up) with tlflax's top-1 class on at least 98.5% of the 400 real
   validation photos (99.5% measured) and on every one whose top two classes are 0.2 or more
   apart, and its accuracy at most 1 point below; every float model within 1e-4 of tlflax on 100

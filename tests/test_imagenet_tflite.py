@@ -3,12 +3,13 @@ import jax
 import numpy as np
 import pytest
 
-from tlflax.models import MobileNetV2
+from tlflax import backbones
 from tlflax.weights import load_pretrained
 from tlflax.weights.tflite import read_tflite
 
 pytestmark = pytest.mark.usefixtures('float32_matmuls')
 
+MOBILENET_V2 = backbones.get('mobilenet_v2')
 EGYPTIAN_CAT, TABBY, TIGER_CAT, MILITARY_UNIFORM = 285, 281, 282, 652
 
 
@@ -53,7 +54,8 @@ def flax_probabilities(variables, interpreter, image_uint8):
   """The float model sees exactly the pixels the int8 model sees, dequantized."""
   scale, zero_point = interpreter.get_input_details()[0]['quantization']
   images = (image_uint8[None].astype(np.float32) - zero_point) * scale
-  probabilities = np.asarray(jax.jit(MobileNetV2().apply)(variables, images))[0]
+  network = backbones.network(MOBILENET_V2, include_top=True)
+  probabilities = np.asarray(jax.jit(network.apply)(variables, images))[0]
   return np.concatenate([[0.0], probabilities])  # TFLite indexing: 0 is background
 
 
@@ -82,17 +84,18 @@ def test_real_weights_match_keras_in_float32(tflite_path, size, include_top):
   import keras
   keras_model = keras.applications.MobileNetV2(
       input_shape=(size, size, 3), include_top=include_top, weights=None,
-      classifier_activation=None)
-  for name, arrays in read_tflite(str(tflite_path)).items():
+      classifier_activation=None, pooling=None if include_top else 'avg')
+  table = backbones.table(MOBILENET_V2, include_top=True)
+  for name, arrays in read_tflite(str(tflite_path), table).items():
     if include_top or name != 'predictions':
       keras_model.get_layer(name).set_weights(arrays)
   variables = load_pretrained(str(tflite_path), include_top=include_top, input_size=size)
   images = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
-  model = MobileNetV2(include_top=include_top, classifier_activation=None)
+  model = backbones.network(MOBILENET_V2, include_top=include_top, classifier_activation=None)
   np.testing.assert_allclose(np.asarray(jax.jit(model.apply)(variables, images)),
                              keras_model(images, training=False).numpy(), atol=1e-4, rtol=0)
 
 
 def test_tflite_for_another_alpha_fails_naming_the_layer(tflite_path):
-  with pytest.raises(ValueError, match='Conv1 .*alpha'):
-    load_pretrained(str(tflite_path), alpha=0.5)
+  with pytest.raises(ValueError, match='Conv1 .*another width'):
+    load_pretrained(str(tflite_path), backbone_args={'alpha': 0.5})

@@ -150,7 +150,7 @@ def test_scheduled_rate_is_the_one_the_optimizer_applies():
 @pytest.fixture(scope='module')
 def tiny_model(tiny_run):
   """The tiny run's model and its calibrated random weights (every layer gets gradients)."""
-  model = Classifier(alpha=0.35)
+  model = Classifier(backbone_args={'alpha': 0.35})
   variables = init_variables(model, 32, jax.random.key(0), tiny_run.model.weights)
   return model, jax.tree.map(np.asarray, variables)
 
@@ -411,7 +411,7 @@ def test_a_mid_phase_resume_refuses_new_parameter_groups(tracked_run, tmp_path):
 
 
 def test_param_groups_parse_from_the_command_line(tmp_path):
-  """The README's override syntax reaches the config check as a tuple of rules (here one that
+  """docs/training.md's override syntax reaches the config check as a tuple of rules (here one that
   leaves the stem uncovered, so the run stops at once)."""
   code, output = run_main(tmp_path / 'w', [
       '--config.phases.fine_tune.fine_tune_at=0',

@@ -5,8 +5,8 @@ import sys
 from runs import ROOT
 
 
-def test_steps_optim_and_models_load_neither_tensorflow_nor_tfds():
-  code = ('import sys, tlflax.steps, tlflax.optim, tlflax.param_groups, tlflax.models; '
+def test_steps_optim_and_backbones_load_neither_tensorflow_nor_tfds():
+  code = ('import sys, tlflax.steps, tlflax.optim, tlflax.param_groups, tlflax.backbones; '
           "loaded = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
           'assert not loaded, loaded')
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
@@ -55,7 +55,7 @@ def test_a_misspelt_key_in_a_config_file_fails_naming_it(tmp_path):
 
 
 def test_a_config_file_can_register_an_augmentation_op(tiny_run, tmp_path):
-  """The README's recipe: an op defined and registered in a config file, named in
+  """docs/data.md's recipe: an op defined and registered in a config file, named in
   data.augment_ops, trains through main.py."""
   from runs import overrides, run_main
   config_file = tmp_path / 'brightness.py'

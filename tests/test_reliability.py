@@ -86,9 +86,11 @@ def test_a_workdir_with_another_config_stops_naming_the_keys(tiny_run, finished_
   code, output = run_main(workdir, [*changed, '--config.phases.fine_tune.epochs=4'],
                           '--allow_config_change')
   assert code == 1 and 'cannot continue' in output and 'fine_tune_at' in output, output[-3000:]
-  code, output = run_main(workdir, [*finished_run[1], '--config.model.alpha=0.5'],
+  code, output = run_main(workdir,
+                          [*finished_run[1], "--config.model.backbone_args={'alpha': 0.5}"],
                           '--allow_config_change')
-  assert code == 1 and 'cannot continue' in output and 'model.alpha' in output, output[-3000:]
+  assert code == 1 and 'cannot continue' in output, output[-3000:]
+  assert 'model.backbone_args' in output, output[-3000:]
   assert (workdir / 'config.json').read_text() == saved_config
   # other class folders: never the same run
   other = tmp_path / 'other_classes'

@@ -12,6 +12,7 @@ import pytest
 
 from runs import ROOT, TINY, free_port, run_main
 from tlflax import chunking, optim, param_groups
+from tlflax.backbones.preprocessing import UNIT_RANGE
 from tlflax.config import phase
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.data import transforms
@@ -39,8 +40,8 @@ def head_moved(config, params) -> float:
   """The largest change of the head's kernel in `params` from the one `config`'s run started
   with (the initialization key of `train.Run.rngs`)."""
   init_key, _ = jax.random.split(jax.random.key(config.seed))
-  initial = init_variables(Classifier(alpha=config.model.alpha), config.image_size, init_key,
-                           config.model.weights)
+  initial = init_variables(Classifier(backbone_args=config.model.backbone_args),
+                           config.image_size, init_key, config.model.weights)
   return float(np.abs(params['head']['kernel'] - initial['params']['head']['kernel']).max())
 
 
@@ -88,7 +89,8 @@ def test_no_gradient_is_computed_below_fine_tune_at(frozen_chunk):
   """The backward pass stops at the boundary: a trainable convolution or dense layer costs two
   more products (input and kernel gradients); a frozen one below the boundary costs none. Also
   with the frozen layers in chunks (`compute.frozen_chunk`)."""
-  model = Classifier(alpha=0.35, depthwise_implementation='shifted')  # no depthwise convolutions
+  # no depthwise convolutions
+  model = Classifier(backbone_args={'alpha': 0.35}, depthwise_implementation='shifted')
   variables = jax.eval_shape(lambda: init_variables(model, 32, jax.random.key(0), 'none'))
   layers = backbone_layers(model)
   products = [layer.index for layer in layers if layer.kind == 'conv'] + [len(layers)]  # + head
@@ -105,7 +107,8 @@ def test_bfloat16_matches_float32_within_tolerance(shared_dir, tflite_path):
   """Mixed precision: bfloat16 compute, float32 parameters, loss and logits (real weights and
   images: a random network amplifies rounding chaotically)."""
   files = sorted((shared_dir / 'data' / 'cats_vs_dogs_mini' / 'validation').glob('*/*.jpg'))
-  images = np.stack([transforms.preprocess(f.read_bytes(), 96).numpy() for f in files[::40][:8]])
+  images = np.stack([transforms.preprocess(f.read_bytes(), 96, UNIT_RANGE).numpy()
+                     for f in files[::40][:8]])
   batch = {'image': images, 'label': np.arange(8, dtype=np.int32) % 2, 'mask': np.ones(8, bool)}
   results = {}
   for dtype in (jnp.float32, jnp.bfloat16):
@@ -253,7 +256,8 @@ def test_the_activation_cache_is_filled_in_place(tiny_run):
   from tlflax.data.pipeline import PipelineConfig
   from tlflax.data.sources import folder_splits
   mesh = parallel.data_mesh()
-  images = feeds.ImageFeed(Classifier(alpha=0.35), BINARY, folder_splits(tiny_run.data.folder),
+  images = feeds.ImageFeed(Classifier(backbone_args={'alpha': 0.35}), BINARY,
+                           folder_splits(tiny_run.data.folder),
                            PipelineConfig(image_size=96, batch_size=4), mesh)
   batches = list(images.evaluation('train'))  # decoded before measuring
   images.evaluation = lambda split: iter(batches)

@@ -11,6 +11,7 @@ from flax import serialization
 
 from runs import ROOT, TINY
 from tlflax.errors import ConfigError
+from tlflax import backbones
 from tlflax.sweep import product, runner, seeds, sweep, trials
 
 # 2 phase-2 learning rates x 2 seeds: trials 0, 1 (rate 1e-4, seeds 0, 1) and 2, 3 (3e-4)
@@ -190,3 +191,18 @@ def test_sweep_files_load_with_their_variants():
   assert [t['phases.fine_tune.fine_tune_at'] for t in small[::2]] == [None, 50, 100, 130]
   assert len(trials.load_trials(ROOT / 'configs' / 'sweeps' / 'augmentation.py')) == 6
   assert len(trials.load_trials(ROOT / 'configs' / 'sweeps' / 'fine_tune_rate.py')) == 9
+
+
+def test_the_backbone_sweep_names_registered_backbones_that_pass_the_config_check():
+  from configs import cats_dogs
+  from tlflax.run_parts import check_config
+  listed = trials.load_trials(ROOT / 'configs' / 'sweeps' / 'backbones.py')
+  assert len(listed) == 14 and len({t['model.backbone'] for t in listed}) == 7
+  everything = trials.load_trials(f"{ROOT / 'configs' / 'sweeps' / 'backbones.py'}:all")
+  assert {t['model.backbone'] for t in everything} == {
+      name for name in backbones.names() if backbones.get(name).imagenet_weights}
+  assert len(everything) >= 2 * 29
+  for trial in everything[::2]:  # each has a Keras ImageNet file at the tutorial's size
+    config = cats_dogs.get_config()
+    config.update_from_flattened_dict(trial)
+    check_config(config)

@@ -24,7 +24,9 @@ from tlflax.predict import predict
 from tlflax.evaluation import summary
 from tlflax.objectives import Objective
 from tlflax.steps import TrainState, make_train_step
+from tlflax import resume
 from tlflax.train import check_config, evaluate_checkpoint, train_and_evaluate
+from tlflax.backbones.preprocessing import UNIT_RANGE
 
 
 @pytest.mark.parametrize('fine_tune_at,trainable', [(None, 1_281), (100, 1_862_721)])
@@ -51,12 +53,12 @@ def test_parameter_counts_equal_the_tutorials_keras_model(fine_tune_at, trainabl
 
 def test_pretrained_init_is_the_file_plus_a_fresh_head(tiny_run):
   """With pretrained weights only the head is initialized, in the tree the checkpoints expect."""
-  model = Classifier(alpha=0.35)
+  model = Classifier(backbone_args={'alpha': 0.35})
   variables = init_variables(model, 32, jax.random.key(3), tiny_run.model.weights)
   abstract = jax.eval_shape(lambda: init_variables(model, 32, jax.random.key(3), 'none'))
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, abstract)
-  backbone = weights.load_pretrained(tiny_run.model.weights, alpha=0.35, include_top=False,
-                                     input_size=32)
+  backbone = weights.load_pretrained(tiny_run.model.weights, backbone_args={'alpha': 0.35},
+                                     include_top=False, input_size=32)
   ported = {'params': variables['params']['backbone'],
             'batch_stats': variables['batch_stats']['backbone']}
   for a, b in zip(jax.tree.leaves(backbone), jax.tree.leaves(ported)):
@@ -69,7 +71,7 @@ def test_pretrained_init_is_the_file_plus_a_fresh_head(tiny_run):
 
 def test_a_phase_moves_only_trainable_parameters():
   """Frozen parameters and all BatchNorm statistics stay bit-identical; trainable ones move."""
-  model = Classifier(alpha=0.35)
+  model = Classifier(backbone_args={'alpha': 0.35})
   variables = init_variables(model, 48, jax.random.key(0), 'none')
   groups = param_groups.param_groups(variables['params'], backbone_layers(model), 120)
   tx = optim.make_optimizer(phase(1, 'rmsprop', 1e-3), groups, steps_per_epoch=1)
@@ -140,8 +142,20 @@ def config_file_with(change):
     (lambda c: c.update(best_metric='val_f1'), 'best_metric must be one of'),
     (lambda c: c['data'].update(split_scheme='x'), 'split_scheme'),
     (lambda c: c.update(phases={}), 'phases is empty'),
-    (lambda c: c['model'].update(alpha=0.0), 'model.alpha must be > 0'),
-    (lambda c: c['model'].update(alpha=0.6), r'model.alpha=0.6 has no published ImageNet'),
+    (lambda c: c['model'].update(backbone_args={'alpha': 0.0}, weights='none'),
+     'alpha must be positive'),
+    (lambda c: c['model'].update(backbone_args={'alpha': 0.6}),
+     r'model.weights=imagenet: Keras publishes ImageNet MobileNetV2 weights for alpha in'),
+    (lambda c: c['model'].update(backbone_args={'width': 1}),
+     r'model.backbone_args: mobilenet_v2 takes no width \(its arguments: alpha\)'),
+    (lambda c: c['model'].update(backbone_args=0.35), 'model.backbone_args must be a dict'),
+    (lambda c: c['model'].update(backbone='mobilenet'),
+     "unknown backbone 'mobilenet'; registered: .*mobilenet_v2"),
+    (lambda c: c.update(image_size=31), "image_size=31 is below mobilenet_v2's minimum of 32"),
+    (lambda c: c['phases']['fine_tune'].update(fine_tune_at='block_11_expnd'),
+     "fine_tune_at='block_11_expnd' is not a layer of this backbone; nearest: block_11_expand"),
+    (lambda c: c['phases']['fine_tune'].update(fine_tune_at=156),
+     r'fine_tune_at must be a Keras layer index in 0..155'),
     (lambda c: c['data'].update(shuffle_buffer=0), 'data.shuffle_buffer must be >= 1'),
     (lambda c: c.update(checkpoints_to_keep=0), 'checkpoints_to_keep must be >= 1'),
     (lambda c: c.update(phase_order=('fine_tune',)), r"leaves out \['feature_extraction'\]"),
@@ -163,7 +177,9 @@ def test_default_and_local_configs_are_valid():
   local = cats_dogs.get_config('local')
   check_config(local)
   assert [name for name, _ in ordered_phases(local)] == ['feature_extraction', 'fine_tune']
-  assert local.phases.fine_tune.fine_tune_at == 100 and local.phases.fine_tune.learning_rate == 1e-5
+  assert local.phases.fine_tune.fine_tune_at == 'default'
+  assert resume.config_as_json(local)['phases']['fine_tune']['fine_tune_at'] == 100  # as Keras
+  assert local.phases.fine_tune.learning_rate == 1e-5
 
 
 def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypatch):
@@ -204,9 +220,10 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
   assert len(rows) == 12
   # each row is the final model's own verdict on that file, computed here independently
   final = serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
-  images = np.stack([transforms.preprocess(Path(p).read_bytes(), 32).numpy()
+  images = np.stack([transforms.preprocess(Path(p).read_bytes(), 32, UNIT_RANGE).numpy()
                      for p, _, _, _ in rows])
-  p_dog = np.asarray(jax.nn.sigmoid(Classifier(alpha=0.35).apply(final, images)[:, 0]))
+  logits = Classifier(backbone_args={'alpha': 0.35}).apply(final, images)
+  p_dog = np.asarray(jax.nn.sigmoid(logits[:, 0]))
   assert [label for _, label, _, _ in rows] == ['dog' if p > 0.5 else 'cat' for p in p_dog]
   np.testing.assert_allclose([p for _, _, p, _ in rows], np.maximum(p_dog, 1 - p_dog), atol=1e-5)
   assert [[name for name, _ in top] for _, _, _, top in rows] == [

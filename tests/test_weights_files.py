@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures('float32_matmuls')
 @pytest.fixture(scope='module')
 def published_035(tmp_path_factory):
   path = tmp_path_factory.mktemp('h5') / 'alpha035.h5'
-  write_published_h5(path, random_keras_model(0.35, True, 96))
+  write_published_h5(path, random_keras_model('mobilenet_v2', {'alpha': 0.35}, True, 96))
   return path
 
 
@@ -25,12 +25,23 @@ def assert_same_variables(a, b):
 
 
 def test_native_round_trip_keeps_variables_and_metadata(tmp_path, published_035):
-  variables = load_pretrained(str(published_035), alpha=0.35, include_top=True)
-  path = save_variables(tmp_path / 'ported.msgpack', variables, alpha=0.35, source='test')
+  args = {'alpha': 0.35}
+  variables = load_pretrained(str(published_035), backbone_args=args, include_top=True)
+  path = save_variables(tmp_path / 'ported.msgpack', variables, backbone='mobilenet_v2',
+                        backbone_args=args, source='test')
   restored, metadata = load_variables(path)
-  assert metadata == {'alpha': 0.35, 'source': 'test'}
+  assert metadata == {'backbone': 'mobilenet_v2', 'backbone_args': args, 'source': 'test'}
   assert_same_variables(restored, variables)
-  assert_same_variables(load_pretrained(str(path), alpha=0.35, include_top=True), variables)
+  assert_same_variables(load_pretrained(str(path), backbone_args=args, include_top=True),
+                        variables)
+
+
+def test_a_ported_file_of_another_backbone_stops_naming_both(tmp_path, published_035):
+  variables = load_pretrained(str(published_035), backbone_args={'alpha': 0.35})
+  path = save_variables(tmp_path / 'other.msgpack', variables, backbone='some_other_net')
+  with pytest.raises(WeightsError, match='holds some_other_net weights; the model is '
+                     'mobilenet_v2'):
+    load_pretrained(str(path), backbone_args={'alpha': 0.35})
 
 
 def test_convert_command_ports_tflite(tmp_path, tflite_path, capsys):
@@ -71,27 +82,28 @@ def test_a_truncated_tflite_file_is_a_weights_error(tmp_path, tflite_path, kept,
 
 def test_a_tflite_file_of_another_width_says_so(tflite_path):
   with pytest.raises(WeightsError) as error:
-    read_weights_file(tflite_path, alpha=0.5)
-  assert 'has 32 output channels, expected 16 (is alpha right?)' in str(error.value)
+    read_weights_file(tflite_path, backbone_args={'alpha': 0.5})
+  assert 'has 32 output channels, expected 16 (another width?)' in str(error.value)
   assert 'damaged' not in str(error.value)
 
 
 def test_top_is_dropped_on_request_but_never_invented(published_035):
-  without_top = load_pretrained(str(published_035), alpha=0.35, include_top=False)
+  without_top = load_pretrained(str(published_035), backbone_args={'alpha': 0.35},
+                                include_top=False)
   assert 'predictions' not in without_top['params']
 
 
 def test_file_without_top_cannot_give_a_classifier(tmp_path):
   path = tmp_path / 'no_top.h5'
-  write_published_h5(path, random_keras_model(0.35, False, 96))
+  write_published_h5(path, random_keras_model('mobilenet_v2', {'alpha': 0.35}, False, 96))
   with pytest.raises(WeightsError,
                      match=r'missing \(2\): params/predictions/bias, params/predictions/kernel'):
-    load_pretrained(str(path), alpha=0.35, include_top=True)
+    load_pretrained(str(path), backbone_args={'alpha': 0.35}, include_top=True)
 
 
 def test_wrong_alpha_lists_mis_shaped_variables(published_035):
   with pytest.raises(WeightsError, match=r'wrong shape \(\d+\): .*\(144,\) \(expected \(384,\)\)'):
-    load_pretrained(str(published_035), alpha=1.0)
+    load_pretrained(str(published_035), backbone_args={'alpha': 1.0})
 
 
 @pytest.mark.parametrize('name,content,message', [
@@ -118,4 +130,4 @@ def test_hdf5_that_is_not_keras_fails_clearly(tmp_path):
 
 def test_sha256_of_a_local_file_is_checked(published_035):
   with pytest.raises(WeightsError, match='sha256'):
-    load_pretrained(str(published_035), alpha=0.35, sha256='f' * 64)
+    load_pretrained(str(published_035), backbone_args={'alpha': 0.35}, sha256='f' * 64)

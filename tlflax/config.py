@@ -6,31 +6,30 @@ place that reads it.
 """
 import json
 import re
-from typing import Callable, Sequence
-
+from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
-from tlflax import chunking, devices, objectives, optim, param_groups
+from tlflax import backbones, chunking, devices, objectives, optim, param_groups
 from tlflax.checkpoints import BEST_METRICS
 from tlflax.data import augment, image_cache, sources
 from tlflax.errors import ConfigError
 from tlflax.models.depthwise import check_implementation
-from tlflax.weights.download import KERAS_ALPHAS
 
 DTYPES = ('float32', 'bfloat16')
 
 
 def phase(epochs: int, optimizer: str, learning_rate: float, fine_tune_at=None):
-  """One training phase. `fine_tune_at`: first Keras layer index of the backbone to train (the
-  tutorial's `base_model.layers[fine_tune_at:]`); None keeps the whole backbone frozen. The other
+  """One training phase. `fine_tune_at`: the first Keras layer of the backbone to train (the
+  tutorial's `base_model.layers[fine_tune_at:]`), by index or name, or 'default' (where the
+  backbone's spec puts the tutorial's layer 100); None keeps the whole backbone frozen. The other
   options (`tlflax.optim`, `tlflax.param_groups`) have the tutorial's values: set them on the
   returned `ConfigDict`."""
   return ml_collections.ConfigDict({
       'epochs': epochs,
       'optimizer': optimizer,  # adam | adamw | rmsprop | sgd
       'learning_rate': learning_rate,  # the peak of the schedule
-      'fine_tune_at': config_dict.placeholder(int) if fine_tune_at is None else fine_tune_at,
+      'fine_tune_at': config_dict.FieldReference(fine_tune_at, field_type=object),
       # 'REGEX=MULTIPLIER' or 'REGEX=freeze' on the names of the layers fine_tune_at leaves
       # trainable ('head': the head); the first match decides, every such layer must match one.
       'param_groups': (),
@@ -51,7 +50,7 @@ def phase(epochs: int, optimizer: str, learning_rate: float, fine_tune_at=None):
           'patience': 0,  # end the phase after this many epochs without improving best_metric
           'min_delta': 0.0,  # the least change that counts as an improvement
       },
-  })
+  }, type_safe=False)  # fine_tune_at: an index or a name, also in resolved copies
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -64,7 +63,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.batch_size = 32
 
   config.model = ml_collections.ConfigDict()
-  config.model.alpha = 1.0
+  config.model.backbone = backbones.DEFAULT_BACKBONE  # a name of `tlflax.backbones.names()`
+  # The backbone's arguments as a dict, e.g. {'alpha': 0.35} (MobileNets' width); None: its
+  # defaults. A run completes it with the defaults (config.json holds them all).
+  config.model.backbone_args = config_dict.FieldReference(None, field_type=object)
   # 'imagenet' (the Keras download), a .h5/.weights.h5/.tflite/.msgpack path, or 'none' (random).
   config.model.weights = 'imagenet'
   config.model.dropout = 0.2
@@ -123,7 +125,7 @@ def defaults() -> ml_collections.ConfigDict:
 
   config.phases = ml_collections.ConfigDict()
   config.phases.feature_extraction = phase(10, 'adam', 1e-4)
-  config.phases.fine_tune = phase(10, 'rmsprop', 1e-5, fine_tune_at=100)  # base rate / 10
+  config.phases.fine_tune = phase(10, 'rmsprop', 1e-5, fine_tune_at='default')  # base rate / 10
   config.phase_order = ('feature_extraction', 'fine_tune')
 
   config.checkpoints_to_keep = 3  # the latest N, besides the best
@@ -180,26 +182,19 @@ def ordered_phases(config: ml_collections.ConfigDict) -> list:
   return [(name, config.phases[name]) for name in names]
 
 
-def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Sequence]):
-  """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value.
-  `backbone_layers()` (the Keras layer table) is asked once the model settings are known to be
-  valid."""
+def validate(config: ml_collections.ConfigDict):
+  """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value."""
   _check_against(config, defaults())
   if 'phases' not in config:
     raise ConfigError('config has no phases')
   if not config.phases:
     raise ConfigError('config.phases is empty: give at least one training phase')
   checks = [
-      (config.image_size >= 32, f'image_size must be >= 32, got {config.image_size}'),
       (config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}'),
       (config.checkpoints_to_keep >= 1,
        f'checkpoints_to_keep must be >= 1, got {config.checkpoints_to_keep}'),
       (config.best_metric in BEST_METRICS,
        f'best_metric must be one of {sorted(BEST_METRICS)}, got {config.best_metric!r}'),
-      (config.model.alpha > 0, f'model.alpha must be > 0, got {config.model.alpha}'),
-      (config.model.weights != 'imagenet' or config.model.alpha in KERAS_ALPHAS,
-       f'model.alpha={config.model.alpha} has no published ImageNet weights '
-       f'(model.weights=imagenet); Keras publishes alpha in {KERAS_ALPHAS}'),
       (config.data.shuffle_buffer >= 1,
        f'data.shuffle_buffer must be >= 1, got {config.data.shuffle_buffer}'),
       (config.data.max_pixels >= config.image_size ** 2,
@@ -240,6 +235,7 @@ def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Se
     except ValueError as e:
       raise ConfigError(f'{key}: {e}') from e
   augment.check(config.data.augment_ops)
+  spec, layers = _check_backbone(config)
 
   template = phase(0, 'adam', 1.0)
   for phase_name, settings in ordered_phases(config):
@@ -248,10 +244,77 @@ def validate(config: ml_collections.ConfigDict, backbone_layers: Callable[[], Se
       raise ConfigError(f'{prefix} must have exactly {sorted(template.keys())}, has '
                         f'{sorted(settings.keys())}')
     _check_against(settings, template, prefix + '.')
-    _check_phase_values(settings, prefix, backbone_layers)
+    _check_phase_values(settings, prefix, spec, layers)
 
 
-def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Sequence]):
+def backbone_args(config) -> dict:
+  """`model.backbone_args` completed with the backbone's defaults (`ConfigError` for one it does
+  not take)."""
+  args = config.model.backbone_args
+  if args is not None and not isinstance(args, (dict, ml_collections.ConfigDict)):
+    raise ConfigError(f"model.backbone_args must be a dict such as {{'alpha': 0.35}} or None, "
+                      f'got {args!r}')
+  return backbones.arguments(backbones.get(config.model.backbone), args)
+
+
+def fine_tune_index(settings, spec: backbones.Backbone, layers) -> Optional[int]:
+  """A phase's `fine_tune_at` as a Keras layer index of `layers` (a name, or 'default': the
+  backbone's own), or None (the backbone frozen)."""
+  at = settings.fine_tune_at
+  if at is None:
+    return None
+  return backbones.layer_position(layers, spec.fine_tune_at if at == 'default' else at,
+                                  'fine_tune_at')
+
+
+def completed(values: dict) -> dict:
+  """A config as JSON (`values`, checked) with what the backbone settings resolve to:
+  `model.backbone_args` with the backbone's defaults, each phase's `fine_tune_at` as an index."""
+  config = ml_collections.ConfigDict(values)
+  spec = backbones.get(config.model.backbone)
+  args = backbone_args(config)
+  layers = backbones.table(spec, args)
+  model = {**values['model'], 'backbone_args': args}
+  phases = {name: {**settings, 'fine_tune_at': fine_tune_index(config.phases[name], spec, layers)}
+            for name, settings in values['phases'].items()}
+  return {**values, 'model': model, 'phases': phases}
+
+
+def upgrade_stored(stored: dict) -> dict:
+  """A config.json of an older tlflax in today's keys: `model.alpha`, from before backbones were
+  plug-ins, was the default backbone's width and becomes its `model.backbone_args`."""
+  model = stored.get('model', {})
+  if 'alpha' not in model or 'backbone' in model:
+    return stored
+  upgraded = {key: value for key, value in model.items() if key != 'alpha'}
+  upgraded.update(backbone=backbones.DEFAULT_BACKBONE, backbone_args={'alpha': model['alpha']})
+  return {**stored, 'model': upgraded}
+
+
+def _check_backbone(config) -> tuple[backbones.Backbone, tuple]:
+  """The backbone and its layer table; `model.backbone_args` completed, the image size and the
+  weights checked."""
+  model = config.model
+  spec = backbones.get(model.backbone)
+  args = backbone_args(config)
+  if config.image_size < spec.min_image_size:
+    raise ConfigError(f'image_size={config.image_size} is below {spec.name}\'s minimum of '
+                      f'{spec.min_image_size}')
+  if model.weights == 'imagenet':
+    if spec.imagenet_weights is None:
+      raise ConfigError(f'Keras publishes no ImageNet weights for {spec.name}: set model.weights '
+                        'to a file or none')
+    try:
+      spec.imagenet_weights(False, config.image_size, **args)
+    except ValueError as e:
+      raise ConfigError(f'model.weights=imagenet: {e}') from e
+  try:
+    return spec, backbones.table(spec, args)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'model.backbone_args {args} for {spec.name}: {e}') from e
+
+
+def _check_phase_values(settings, prefix: str, spec: backbones.Backbone, layers):
   schedule = settings.schedule
   checks = [
       (settings.epochs >= 0 and settings.learning_rate > 0,
@@ -288,13 +351,13 @@ def _check_phase_values(settings, prefix: str, backbone_layers: Callable[[], Seq
     re.compile(settings.weight_decay_exclude)
   except re.error as e:
     raise ConfigError(f'{prefix}.weight_decay_exclude is not a regex: {e}') from e
-  layers = backbone_layers()
-  if settings.fine_tune_at is not None and not 0 <= settings.fine_tune_at <= len(layers):
-    raise ConfigError(f'{prefix}.fine_tune_at must be a Keras layer index in '
-                      f'0..{len(layers)} (or None), got {settings.fine_tune_at}')
+  try:
+    fine_tune_at = fine_tune_index(settings, spec, layers)
+  except ConfigError as e:
+    raise ConfigError(f'{prefix}.{e}') from e
   if settings.param_groups:
     try:
-      param_groups.assign(param_groups.trained_layer_names(layers, settings.fine_tune_at),
+      param_groups.assign(param_groups.trained_layer_names(layers, fine_tune_at),
                           settings.param_groups)
     except ValueError as e:
       raise ConfigError(f'{prefix}.{e}') from e

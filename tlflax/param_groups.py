@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from tlflax.models import trainable_mask
+from tlflax.backbones import trainable_mask
 
 FROZEN, TRAINABLE = 'frozen', 'trainable'
 HEAD = 'head'  # the name the rules match for the classifier's head

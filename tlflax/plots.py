@@ -56,10 +56,10 @@ def image_gallery(images, titles, title: str, path, columns: int = 4, marked=())
 
 
 def prediction_grid(images, true_labels, predicted_labels, probabilities, path):
-  """The tutorial's 3x3 grid of images in [-1, 1], titled with the true class, the predicted one
+  """The tutorial's 3x3 grid of images in [0, 255], titled with the true class, the predicted one
   and its probability; wrong predictions are framed and titled in red."""
   wrong = {i for i, (t, p) in enumerate(zip(true_labels, predicted_labels)) if t != p}
-  image_gallery(np.clip((np.asarray(images[:9]) + 1) / 2, 0, 1),
+  image_gallery(np.clip(np.asarray(images[:9]) / 255, 0, 1),
                 [f'true {t}\npredicted {p} ({q:.2f})' + (' WRONG' if i in wrong else '')
                  for i, (t, p, q) in enumerate(zip(true_labels, predicted_labels, probabilities))],
                 'Predictions on test images (wrong ones in red)', path, columns=3, marked=wrong)

@@ -27,7 +27,7 @@ from tlflax.data.folders import IMAGE_EXTENSIONS, printable, too_large
 from tlflax.data.pipeline import without_autotuning
 from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
-from tlflax.train import check_config, restore_for_inference
+from tlflax.run_parts import check_config, restore_for_inference
 from tlflax.workdir import writable
 
 
@@ -172,7 +172,9 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
   paths = list_images(inputs)
   batches = _image_batches(
       paths, config.batch_size, config.data.max_pixels,
-      lambda encoded: transforms.preprocess(encoded, config.image_size, config.data.max_pixels))
+      lambda encoded: transforms.preprocess(encoded, config.image_size,
+                                            trained.model.spec.preprocessing,
+                                            config.data.max_pixels))
   yield from _classified(
       batches, len(paths),
       lambda images: trained.objective.probabilities(apply(trained.variables, images)),

@@ -45,10 +45,10 @@ def write_reports(run, history: dict, variables: dict):
   test, config = run.splits['test'], run.image_feed.config
   chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
   found = sources.examples_at(test, chosen, config.image_size, config.max_pixels,
-                              prepare=transforms.preprocess)
+                              prepare=transforms.decode_and_resize)
   images = np.stack([found[i][0] for i in chosen])
   probabilities = np.asarray(run.objective.probabilities(
-      jax.jit(run.model.apply)(variables, images)))
+      jax.jit(run.model.apply)(variables, config.preprocessing(images))))
   plots.prediction_grid(images, [run.class_names[found[i][1]] for i in chosen],
                         [run.class_names[i] for i in probabilities.argmax(1)],
                         probabilities.max(1), run.workdir / 'predictions.png')

@@ -123,7 +123,7 @@ def config_as_json(config) -> dict:
   `phase_order` as the list of names it resolves to."""
   values = json.loads(config.to_json_best_effort())
   values['phase_order'] = [name for name, _ in config_lib.ordered_phases(config)]
-  return values
+  return config_lib.completed(values)
 
 
 META_KEYS = ('phase', 'phase_epoch', 'epoch', 'step', 'class_names', 'config', 'history')
@@ -135,7 +135,7 @@ def checkpoint_meta(checkpoints, epoch: int) -> dict:
   if missing:
     raise CheckpointError(f'the checkpoint of epoch {epoch} in {checkpoints.workdir} lacks '
                           f'{missing}: it was written by an older tlflax. Use another workdir.')
-  return meta
+  return {**meta, 'config': config_lib.upgrade_stored(meta['config'])}
 
 
 def trained_with_sigmoid(meta: dict) -> bool:
@@ -156,7 +156,7 @@ def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, in
     raise ConfigError(f'cannot continue {run.workdir}: its epoch {epoch} was epoch '
                       f'{meta["phase_epoch"]} of phase {meta["phase"]!r}, and the config now makes '
                       f'it epoch {done} of phase {phase.name!r}. Use another workdir.')
-  structural = {'model.alpha'}
+  structural = {'model.backbone', 'model.backbone_args'}
   if trained_with_sigmoid(meta) != run.objective.sigmoid:
     structural.add('model.head')
   if done < phase.settings.epochs and not ended_early(meta['history'], phase):

@@ -39,80 +39,21 @@ from tqdm import tqdm
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import chunking, devices, evaluation, feeds, objectives, optim, parallel, reports
+from tlflax import devices, evaluation, feeds, objectives, optim, parallel, reports
 from tlflax import interrupts, resume, tracking
 from tlflax import workdir as workdir_lib
 from tlflax import param_groups as param_groups_lib
 from tlflax.classifier import Classifier, abstract_variables, backbone_layers
-from tlflax.data import sources
 from tlflax.data.image_cache import ImageCache
-from tlflax.data.pipeline import PipelineConfig
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
+from tlflax.run_parts import (check_config, image_feed, load_splits, make_model, make_objective,
+                              restore_for_inference)
 from tlflax.steps import TrainState, make_train_step
 
 IMAGE_CACHE_FOLDER = 'image_cache'  # in the workdir: decoded images above the memory limit
-
-
-def make_model(config, objective: Objective) -> Classifier:
-  return Classifier(alpha=config.model.alpha, outputs=objective.outputs,
-                    dropout=config.model.dropout,
-                    depthwise_implementation=config.model.depthwise_implementation,
-                    dtype=jnp.dtype(config.compute.dtype))
-
-
-def check_config(config):
-  """Fails with `ConfigError` naming the key, before any work, if `config` cannot run."""
-  config_lib.validate(config, lambda: backbone_layers(Classifier(alpha=config.model.alpha)))
-
-
-def load_splits(config) -> dict:
-  """The config's train/validation/test `Source`s, their class counts logged and checked."""
-  if config.data.folder:
-    splits = sources.folder_splits(config.data.folder, seed=config.seed,
-                                   max_pixels=config.data.max_pixels)
-  else:
-    splits = sources.tfds_splits(config.data.tfds_name, config.data.split_scheme,
-                                 config.data.data_dir or None, config.seed,
-                                 config.data.image_feature, config.data.label_feature)
-  sources.check_class_counts(splits)
-  return splits
-
-
-def make_objective(config, class_names, train_counts=None) -> Objective:
-  """The loss and predictions for data with `class_names` under the config's `model.head` and
-  `loss` settings. Class weights come from the training split's `train_counts`; without them
-  (inference, whose losses are unweighted) there are none."""
-  try:
-    sigmoid = objectives.uses_sigmoid(config.model.head, len(class_names))
-  except ValueError as e:
-    raise ConfigError(f'model.head: {e}') from e
-  try:
-    weights = (objectives.class_weights(config.loss.class_weights, train_counts)
-               if train_counts is not None else None)
-  except ValueError as e:
-    raise ConfigError(f'loss.class_weights for classes {list(class_names)}: {e}') from e
-  if weights is not None:
-    logging.info('Class weights: %s', ', '.join(f'{n} {w:.4g}'
-                                                for n, w in zip(class_names, weights)))
-  return Objective(len(class_names), sigmoid, config.loss.label_smoothing, weights)
-
-
-def pipeline_config(config) -> PipelineConfig:
-  return PipelineConfig(image_size=config.image_size, batch_size=config.batch_size,
-                        shuffle_buffer=config.data.shuffle_buffer, flip=config.data.flip,
-                        rotation_factor=config.data.rotation_factor, seed=config.seed,
-                        max_pixels=config.data.max_pixels, augment_ops=config.data.augment_ops)
-
-
-def image_feed(config, model: Classifier, objective: Objective, splits: dict, mesh,
-               image_cache: Optional[ImageCache] = None) -> feeds.ImageFeed:
-  """The `ImageFeed` of `config`'s pipeline, prefetch and frozen chunks."""
-  return feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
-                         config.compute.prefetch, image_cache,
-                         chunking.resolve(config.compute.frozen_chunk))
 
 
 class _MetricSums:
@@ -192,8 +133,10 @@ class Run:
 
   def optimizer(self, phase: Phase):
     """(parameter groups, optax transformation) of a phase: which parameters train, and how."""
+    layers = backbone_layers(self.model)
     groups = param_groups_lib.param_groups(
-        self.abstract['params'], backbone_layers(self.model), phase.settings.fine_tune_at,
+        self.abstract['params'], layers,
+        config_lib.fine_tune_index(phase.settings, self.model.spec, layers),
         phase.settings.param_groups)
     return groups, optim.make_optimizer(phase.settings, groups, self.image_feed.steps_per_epoch)
 
@@ -299,7 +242,7 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                phase.name, settings.epochs, settings.optimizer, settings.learning_rate,
                settings.schedule.name,
                f'param_groups {list(settings.param_groups)}' if settings.param_groups
-               else f'fine_tune_at {settings.fine_tune_at}',
+               else f'fine_tune_at {config_lib.fine_tune_index(settings, run.model.spec, layers)}',
                f"{counts['trainable']:,}", f"{counts['frozen']:,}")
   # from here: caches, compilation, epochs and validation (and those before a resume mid-phase)
   phase_start = time.perf_counter() - (history['phases'].get(phase.name, {}).get('seconds', 0.0)
@@ -443,67 +386,6 @@ def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: s
                            'Nothing of this epoch was saved; the last checkpoint is the last '
                            'good state.')
   return means
-
-
-@dataclasses.dataclass
-class Trained:
-  """A trained model restored for inference."""
-  model: Classifier
-  variables: dict  # {'params', 'batch_stats'}, replicated over the mesh
-  class_names: list
-  objective: Objective
-  config: dict  # the config it was trained with, as JSON
-  epoch: int  # the global epoch of its checkpoint
-
-
-def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> Trained:
-  """A checkpoint of the workdir, with the class names it was trained on: `checkpoint` is
-  'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
-  which chose the checkpoint it kept) or an epoch."""
-  devices.prepare(config.compute, config.batch_size, enforce_platform=False)
-  if not Path(workdir).is_dir():
-    what = 'is a file' if Path(workdir).exists() else 'does not exist'
-    raise DataError(f'--workdir {workdir} {what}: name the workdir of a trained run')
-  if not workdir_lib.saved_epochs(workdir):
-    raise DataError(f'{workdir} has no checkpoint to use; train first')
-  checkpoints = checkpoints_lib.Checkpoints(workdir, sharding=parallel.replicated(mesh),
-                                            best_metric=config.best_metric)
-  try:
-    trained = _restore_trained(config, workdir, checkpoints, checkpoint)
-  finally:
-    checkpoints.close()
-  logging.info('Using the checkpoint of epoch %d (--checkpoint=%s)', trained.epoch, checkpoint)
-  return trained
-
-
-def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
-  if checkpoint == 'best':
-    _, trained_metric = checkpoints.restore_newest(lambda epoch: resume.checkpoint_meta(
-        checkpoints, epoch)['config'].get('best_metric', 'val_loss'))
-    if trained_metric != config.best_metric:
-      logging.warning('The best checkpoint is the best by %s, the run\'s best_metric (the config '
-                      'says %s)', trained_metric, config.best_metric)
-    checkpoints.best_metric = trained_metric
-  chosen = checkpoints.select(checkpoint)
-
-  def restore(epoch):
-    meta = resume.checkpoint_meta(checkpoints, epoch)
-    trained = meta['config']['model']
-    objective = make_objective(config, meta['class_names'])
-    for key, stored, now in (('alpha', trained['alpha'], config.model.alpha),
-                             ('head', resume.trained_with_sigmoid(meta), objective.sigmoid)):
-      if stored != now:
-        raise ConfigError(f"{workdir} holds a model made with model.{key}="
-                          f"{trained.get(key, 'auto')}; the config has "
-                          f'{config.model[key]}')
-    model = make_model(config, objective)
-    variables = checkpoints.restore_model(epoch, abstract_variables(model, config.image_size))
-    return Trained(model, variables, list(meta['class_names']), objective, meta['config'], epoch)
-
-  if chosen is None:
-    return checkpoints.restore_newest(restore)[1]
-  return checkpoints.restore_epoch(chosen, restore,
-                                   '--checkpoint=latest uses the newest that does')
 
 
 def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool,

@@ -1,5 +1,5 @@
 """Where to start fine-tuning: phase 2's `fine_tune_at` over {none, 50, 100, 120, 140} x 3 seeds
-(variant 'small': {none, 50, 100, 130} x 2 seeds, the README's measured ablation).
+(variant 'small': {none, 50, 100, 130} x 2 seeds, docs/sweeps.md's measured ablation).
 
     python -m tlflax.sweep --config=configs/cats_dogs.py:local,cached \
         --sweep=configs/sweeps/fine_tune_at.py --workdir=runs/sweep_fine_tune_at

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from tlflax.backbones.preprocessing import UNIT_RANGE, Preprocessing
 from tlflax.data import augment as augmentation
 from tlflax.data import transforms
 from tlflax.data.folders import DataError
@@ -41,6 +42,7 @@ class PipelineConfig:
   seed: int = 0
   max_pixels: int = 50_000_000  # larger JPEGs are decoded at reduced scale (`decode_rgb`)
   augment_ops: str = ''  # registered ops after flip and rotation (`tlflax.data.augment`)
+  preprocessing: Preprocessing = UNIT_RANGE  # the backbone's, after augmentation
 
 
 def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -124,7 +126,7 @@ def train_dataset(source: Source, config: PipelineConfig, epoch: int,
 
   def augmented(index, example):
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-    return {'image': transforms.scale_to_unit_range(augment(example['image'], seed)),
+    return {'image': config.preprocessing(augment(example['image'], seed)),
             'label': example['label'], 'mask': tf.constant(True)}
 
   return without_autotuning(examples.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
@@ -162,12 +164,13 @@ def eval_dataset(source: Source, config: PipelineConfig,
 
   if images is None:
     examples = source.process_shard().map(
-        lambda x: {'image': transforms.preprocess(x['image'], size, config.max_pixels),
+        lambda x: {'image': transforms.preprocess(x['image'], size, config.preprocessing,
+                                                  config.max_pixels),
                    'label': x['label']}, num_parallel_calls=tf.data.AUTOTUNE)
   else:
     examples = tf.data.Dataset.range(len(images.labels)).map(
         lambda index: images.lookup(index), num_parallel_calls=tf.data.AUTOTUNE).map(
-            lambda x: {'image': transforms.scale_to_unit_range(x['image']), 'label': x['label']})
+            lambda x: {'image': config.preprocessing(x['image']), 'label': x['label']})
 
   def numbered(position, example):
     return {**example, 'mask': tf.constant(True),

@@ -1,4 +1,4 @@
-"""Per-example image transforms in TensorFlow: decoding, the tutorial's preprocessing, and the
+"""Per-example image transforms in TensorFlow: decoding, the backbone's preprocessing, and the
 Keras-equal rotation that the augmentation ops (`tlflax.data.augment`) use.
 """
 import tensorflow as tf
@@ -37,20 +37,16 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.image.resize(image, (size, size), method='bilinear')
 
 
-def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
-  """[0, 255] -> [-1, 1]: `keras.applications.mobilenet_v2.preprocess_input`."""
-  return image / 127.5 - 1.0
-
-
 def decode_and_resize(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
   """Encoded image -> float32 (size, size, 3) in [0, 255]: what augmentation and scaling start
   from (and what `image_cache` keeps)."""
   return resize(decode_rgb(encoded, max_pixels), size)
 
 
-def preprocess(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:
-  """Encoded image -> float32 (size, size, 3) in [-1, 1]: the tutorial's evaluation input."""
-  return scale_to_unit_range(decode_and_resize(encoded, size, max_pixels))
+def preprocess(encoded: tf.Tensor, size: int, preprocessing, max_pixels=None) -> tf.Tensor:
+  """Encoded image -> float32 (size, size, 3) as the backbone takes it (`preprocessing`, a
+  `tlflax.backbones.Preprocessing`): the evaluation input."""
+  return preprocessing(decode_and_resize(encoded, size, max_pixels))
 
 
 def exported_model_input(encoded: tf.Tensor, size: int, max_pixels=None) -> tf.Tensor:

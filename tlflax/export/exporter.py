@@ -30,7 +30,7 @@ from tlflax.classifier import abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.errors import ConfigError, ExportError
 from tlflax.export import keras_model, saved_model, tflite
-from tlflax.train import check_config, load_splits, restore_for_inference
+from tlflax.run_parts import check_config, load_splits, restore_for_inference
 from tlflax.workdir import writable
 
 FORMATS = ('saved_model', 'tflite', 'keras')
@@ -71,7 +71,8 @@ def fine_tuned_from(config, model) -> str:
   for _, phase in config_lib.ordered_phases(config):
     if phase.epochs:
       trained |= set(param_groups.layers_with_trained_kernels(param_groups.param_groups(
-          params, layers, phase.fine_tune_at, phase.param_groups)))
+          params, layers, config_lib.fine_tune_index(phase, model.spec, layers),
+          phase.param_groups)))
   return next((layer.name for layer in layers if layer.name in trained), keras_model.HEAD_NAME)
 
 
@@ -163,8 +164,8 @@ def _write_models(out: Path, formats, quantize: str, config, trained, serve, ima
   if 'keras' in formats or 'tflite' in formats:
     with interrupts.during('the Keras model\'s construction'):
       model = keras_model.keras_classifier(
-          jax.device_get(trained.variables), config.model.alpha, config.image_size,
-          len(trained.class_names), trained.objective.sigmoid, config.model.dropout)
+          trained.model, jax.device_get(trained.variables), config.image_size,
+          len(trained.class_names), trained.objective.sigmoid)
     if 'keras' in formats:
       with interrupts.during('the Keras export'):
         model.save(out / FILES['keras'])
@@ -199,7 +200,8 @@ def _record(config, workdir, checkpoint: str, trained, files, checks, calibratio
       'input': {'name': saved_model.INPUT_NAME, 'dtype': 'uint8',
                 'shape': [None, config.image_size, config.image_size, 3],
                 'meaning': 'RGB images resized (bilinear) to image_size, values 0..255; the '
-                           'models scale them to [-1, 1]'},
+                           'models preprocess them as their backbone does: '
+                           + trained.model.spec.preprocessing.description()},
       'output': {'name': saved_model.OUTPUT_NAME, 'dtype': 'float32',
                  'shape': [None, len(trained.class_names)],
                  'meaning': 'class probabilities, in labels.txt order'},

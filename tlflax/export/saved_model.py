@@ -14,7 +14,6 @@ from tensorflow.compiler.tf2xla.python import xla
 
 from tlflax import library_logs
 from tlflax.classifier import Classifier
-from tlflax.data.transforms import scale_to_unit_range
 from tlflax.errors import ExportError
 from tlflax.objectives import Objective
 
@@ -33,7 +32,7 @@ def serving_function(model: Classifier, variables: dict, objective: Objective) -
 
   def serve(images):
     with jax.default_matmul_precision('highest'):
-      logits = model.apply(variables, scale_to_unit_range(images.astype(jnp.float32)))
+      logits = model.apply(variables, model.spec.preprocessing(images.astype(jnp.float32)))
     return objective.probabilities(logits)
   return serve
 

@@ -57,10 +57,11 @@ def shifted_depthwise(x, kernel, strides: int, padding):
 
 
 class DepthwiseConv2D(nn.Module):
-  """A bias-free depthwise convolution (depth multiplier 1), `kernel` of shape (k, k, 1, C)."""
+  """A depthwise convolution (depth multiplier 1), `kernel` of shape (k, k, 1, C) (and a `bias`)."""
   kernel_size: int = 3
   strides: int = 1
   padding: str = 'SAME'
+  use_bias: bool = False
   implementation: str = 'auto'
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -72,5 +73,10 @@ class DepthwiseConv2D(nn.Module):
                         (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if resolve_implementation(self.implementation) == 'shifted':
-      return shifted_depthwise(x, kernel, self.strides, self.padding)
-    return grouped_depthwise(x, kernel, self.strides, self.padding)
+      y = shifted_depthwise(x, kernel, self.strides, self.padding)
+    else:
+      y = grouped_depthwise(x, kernel, self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (channels,),
+                         self.param_dtype).astype(self.dtype)
+    return y

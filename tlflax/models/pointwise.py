@@ -11,8 +11,9 @@ from jax import lax
 
 
 class PointwiseConv(nn.Module):
-  """A bias-free 1x1, stride-1 convolution with a `kernel` of shape (1, 1, in, `features`)."""
+  """A 1x1, stride-1 convolution with a `kernel` of shape (1, 1, in, `features`) (and a `bias`)."""
   features: int
+  use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -21,4 +22,8 @@ class PointwiseConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.glorot_uniform(),
                         (1, 1, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,),
+                         self.param_dtype).astype(self.dtype)
+    return y

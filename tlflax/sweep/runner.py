@@ -59,7 +59,7 @@ def finished(workdir: Path, trial: Trial) -> bool:
   `ConfigError`."""
   folder = workdir / trial.name
   if holds_a_run(folder) and (folder / 'config.json').is_file():
-    stored = json.loads((folder / 'config.json').read_text())
+    stored = config_lib.upgrade_stored(json.loads((folder / 'config.json').read_text()))
     changed = {key: values for key, values in config_lib.differences(
         stored, config_as_json(trial.config)).items() if key not in RESULT_NEUTRAL}
     if changed:

@@ -75,7 +75,7 @@ def names(trials: list[dict]) -> list[str]:
 
 def trial_config(base: ml_collections.ConfigDict, overrides: dict, name: str):
   """The base config with the trial's overrides (dotted keys), checked like a run's config."""
-  from tlflax.train import check_config  # the trainer's own check (it imports TensorFlow)
+  from tlflax.run_parts import check_config  # the run's own check (it imports TensorFlow)
   config = base.copy_and_resolve_references()
   for key, value in overrides.items():
     *parents, leaf = key.split('.')

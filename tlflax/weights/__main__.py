@@ -1,10 +1,13 @@
-"""Port MobileNetV2 weights into tlflax's own format.
+"""Port a backbone's weights into tlflax's own format.
 
-    python -m tlflax.weights SOURCE OUTPUT.msgpack [--alpha 1.0] [--include_top] [--input_size 224]
+    python -m tlflax.weights SOURCE OUTPUT.msgpack [--backbone mobilenet_v2]
+        [--backbone_args "{'alpha': 0.35}"] [--include_top] [--input_size 224]
 
-SOURCE is 'imagenet' (the Keras download) or a `.h5`, `.weights.h5`, `.tflite` or `.msgpack` file.
+SOURCE is 'imagenet' (the Keras download) or a `.h5`, `.weights.h5`, `.msgpack` file, or one the
+backbone reads itself (MobileNetV2: `.tflite`).
 """
 import argparse
+import ast
 import os
 import sys
 import time
@@ -12,8 +15,20 @@ import time
 import jax
 import numpy as np
 
+from tlflax import backbones
+from tlflax.errors import ConfigError
 from tlflax.weights import DownloadError, WeightsError, load_pretrained, save_variables
 from tlflax.weights.native import NATIVE_SUFFIX
+
+
+def _literal_dict(text: str) -> dict:
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise argparse.ArgumentTypeError(f'not a Python dict: {text!r}') from e
+  if not isinstance(value, dict):
+    raise argparse.ArgumentTypeError(f'not a Python dict: {text!r}')
+  return value
 
 
 def parse_args(argv):
@@ -21,10 +36,13 @@ def parse_args(argv):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('source', help="'imagenet' or a .h5, .weights.h5, .tflite, .msgpack file")
   parser.add_argument('output', help=f'where to write the ported variables ({NATIVE_SUFFIX})')
-  parser.add_argument('--alpha', type=float, default=1.0, help='width multiplier')
+  parser.add_argument('--backbone', default=backbones.DEFAULT_BACKBONE,
+                      help=f'one of {", ".join(backbones.names())}')
+  parser.add_argument('--backbone_args', type=_literal_dict, default=None,
+                      help="the backbone's arguments as a Python dict, e.g. \"{'alpha': 0.35}\"")
   parser.add_argument('--include_top', action='store_true', help='keep the 1000-way classifier')
   parser.add_argument('--input_size', type=int, default=224,
-                      help="selects the Keras file for 'imagenet' (96, 128, 160, 192, 224)")
+                      help="selects the Keras file for 'imagenet' where there are several")
   parser.add_argument('--sha256', help='expected sha256 of the source file')
   return parser.parse_args(argv)
 
@@ -39,16 +57,19 @@ def main(argv=None) -> int:
     return 2
   start = time.perf_counter()
   try:
-    variables = load_pretrained(args.source, alpha=args.alpha, include_top=args.include_top,
+    variables = load_pretrained(args.source, backbone=args.backbone,
+                                backbone_args=args.backbone_args, include_top=args.include_top,
                                 input_size=args.input_size, sha256=args.sha256)
-  except (WeightsError, DownloadError, ValueError) as e:
+  except (WeightsError, DownloadError, ConfigError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:  # a download leaves no partial file behind (`weights.download`)
     print('interrupted: nothing was written', file=sys.stderr)
     return 130
-  save_variables(args.output, variables, alpha=args.alpha, include_top=args.include_top,
-                 source=str(args.source))
+  spec = backbones.get(args.backbone)
+  save_variables(args.output, variables, backbone=args.backbone,
+                 backbone_args=backbones.arguments(spec, args.backbone_args),
+                 include_top=args.include_top, source=str(args.source))
   count = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(variables['params']))
   print(f'{args.output}: {count:,} parameters from {args.source} '
         f'in {time.perf_counter() - start:.1f}s')

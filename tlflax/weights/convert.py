@@ -1,52 +1,39 @@
 """From Keras per-layer weights to Flax variables, and the strict check of the result.
 
 Every reader in this package returns `KerasWeights`: for each Keras layer name, that layer's arrays
-in Keras `layer.get_weights()` order (`KERAS_VARIABLES` says which). One converter turns that into
-`{'params': ..., 'batch_stats': ...}` for `tlflax.models.MobileNetV2`, and `to_keras_weights` turns
-those back (for export to Keras).
+in Keras `layer.get_weights()` order. One converter turns that into `{'params': ..., 'batch_stats':
+...}` for the backbone's `KerasGraph`, and `to_keras_weights` turns those back (for export to
+Keras); both follow the slots of each layer's kind (`tlflax.backbones.kinds`).
 """
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from tlflax.errors import WeightsError  # noqa: F401  (weights that do not fit the model)
-from tlflax.models import layer_table
+from tlflax.backbones import graph, kinds
+from tlflax.backbones.layers import Layer
+from tlflax.errors import WeightsError
 
 KerasWeights = dict[str, list[np.ndarray]]
 
 
-def keras_kinds() -> dict[str, str]:
-  """The kind of every Keras MobileNetV2 layer that has variables, top included."""
-  return {layer.name: layer.kind for layer in layer_table.mobilenet_v2_layers(include_top=True)
-          if layer.has_variables}
-
-
-def to_flax_variables(weights: KerasWeights, source: str) -> dict:
-  """Converts Keras per-layer weights into Flax `{'params', 'batch_stats'}` keyed by layer name."""
-  kinds = keras_kinds()
-  unknown = sorted(set(weights) - set(kinds))
+def to_flax_variables(weights: KerasWeights, source: str, layers: Sequence[Layer]) -> dict:
+  """Converts Keras per-layer weights into Flax `{'params', 'batch_stats'}` keyed by layer name,
+  for the network of layer table `layers` (with its top, so that a file with one converts)."""
+  slots = graph.slots_by_layer(layers)
+  unknown = sorted(set(weights) - set(slots))
   if unknown:
-    raise WeightsError(f'{source}: layers that MobileNetV2 does not have: {", ".join(unknown)}')
-  params, batch_stats = {}, {}
+    raise WeightsError(f'{source}: layers that this backbone does not have: '
+                       f'{", ".join(unknown[:8])}' + (' ...' if len(unknown) > 8 else ''))
+  variables = {'params': {}, 'batch_stats': {}}
   for name, arrays in weights.items():
-    kind = kinds[name]
-    expected = layer_table.KERAS_VARIABLES[kind]
+    expected = slots[name]
     if len(arrays) != len(expected):
-      raise WeightsError(f'{source}: layer {name} has {len(arrays)} arrays, a {kind} layer has '
-                         f'{len(expected)} ({", ".join(expected)})')
-    arrays = [np.asarray(a) for a in arrays]
-    if kind == 'conv':
-      params[name] = {'kernel': arrays[0]}
-    elif kind == 'depthwise':  # Keras (k, k, C, 1) -> grouped-convolution layout (k, k, 1, C)
-      params[name] = {'kernel': np.transpose(arrays[0], (0, 1, 3, 2))}
-    elif kind == 'batch_norm':
-      gamma, beta, mean, var = arrays
-      params[name] = {'scale': gamma, 'bias': beta}
-      batch_stats[name] = {'mean': mean, 'var': var}
-    elif kind == 'dense':
-      params[name] = {'kernel': arrays[0], 'bias': arrays[1]}
-  return {'params': params, 'batch_stats': batch_stats}
+      raise WeightsError(f'{source}: layer {name} has {len(arrays)} arrays, expected '
+                         f'{len(expected)} ({", ".join(s.keras_name for s in expected)})')
+    for collection, values in kinds.to_flax_arrays(expected, arrays).items():
+      variables[collection][name] = values
+  return variables
 
 
 def _flatten(tree: Mapping) -> dict[str, tuple]:
@@ -83,25 +70,13 @@ def check_variables(loaded: Mapping, expected: Mapping, source: str,
           for collection, layers in expected.items()}
 
 
-def to_keras_weights(variables: Mapping) -> KerasWeights:
-  """The inverse of `to_flax_variables`: Flax `{'params', 'batch_stats'}` of a MobileNetV2 ->
-  float32 arrays per Keras layer name, in `layer.set_weights()` order."""
-  kinds = keras_kinds()
-  weights = {}
-  for name, params in variables['params'].items():
-    kind = kinds.get(name)
-    if kind is None:
-      raise WeightsError(f'variables of a layer {name}, which MobileNetV2 does not have')
-    if kind == 'conv':
-      arrays = [params['kernel']]
-    elif kind == 'depthwise':  # (k, k, 1, C) -> Keras (k, k, C, 1)
-      arrays = [np.transpose(np.asarray(params['kernel']), (0, 1, 3, 2))]
-    elif kind == 'batch_norm':
-      stats = variables['batch_stats'][name]
-      arrays = [params['scale'], params['bias'], stats['mean'], stats['var']]
-    elif kind == 'dense':
-      arrays = [params['kernel'], params['bias']]
-    else:
-      raise WeightsError(f'no Keras layout for layer {name} of kind {kind}')
-    weights[name] = [np.asarray(a, np.float32) for a in arrays]
-  return weights
+def to_keras_weights(variables: Mapping, layers: Sequence[Layer]) -> KerasWeights:
+  """The inverse of `to_flax_variables`: Flax `{'params', 'batch_stats'}` of the network of
+  `layers` -> float32 arrays per Keras layer name, in `layer.set_weights()` order."""
+  slots = graph.slots_by_layer(layers)
+  unknown = sorted(set(variables['params']) - set(slots))
+  if unknown:
+    raise WeightsError(f'variables of layers this backbone does not have: {", ".join(unknown)}')
+  present = set(variables['params']) | set(variables.get('batch_stats', {}))
+  return {name: kinds.to_keras_arrays(layer_slots, variables, name)
+          for name, layer_slots in slots.items() if name in present}

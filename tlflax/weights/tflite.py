@@ -1,4 +1,4 @@
-"""Reader for TFLite flatbuffers of MobileNetV2 (float, float16 or int8/uint8 quantized).
+"""Reader for TFLite flatbuffers of BatchNorm ConvNets (float, float16 or int8/uint8 quantized).
 
 TFLite converters fold each BatchNorm into the preceding convolution's kernel and bias. Reading a
 file back, the convolution and depthwise ops, in execution order, map one to one onto the Keras conv
@@ -15,7 +15,6 @@ import tflite
 from tflite.BuiltinOperator import BuiltinOperator
 from tflite.TensorType import TensorType
 
-from tlflax.models import layer_table, mobilenet_v2
 from tlflax.weights.convert import KerasWeights, WeightsError
 
 _DTYPES = {
@@ -85,28 +84,28 @@ def _kernel_and_bias(graph: _Graph, op_index: int):
   return name, kernel, bias
 
 
-def read_tflite(path: str, alpha: float = 1.0) -> KerasWeights:
-  """Reads MobileNetV2 weights (with the classifier, if the file has one) from a TFLite file;
-  `WeightsError` for one that is not MobileNetV2's or does not parse (a truncated download)."""
+def read_tflite(path: str, layers) -> KerasWeights:
+  """Reads the weights of the network of Keras layer table `layers` (with its classifier, if the
+  file has one) from a TFLite file. Every conv and depthwise layer of the table must be followed
+  by its BatchNorm. `WeightsError` for a file of another network or one that does not parse (a
+  truncated download)."""
   try:
-    return _read(_Graph(path), alpha)
-  except WeightsError:  # a file that parses but is not the MobileNetV2 asked for
+    return _read(_Graph(path), layers)
+  except WeightsError:  # a file that parses but is not the network asked for
     raise
   except (struct.error, IndexError, ValueError) as e:  # offsets past the end of the file
     raise WeightsError(f'{path} is damaged (truncated?): its TFLite flatbuffer does not parse '
                        f'({e})') from e
 
 
-def _read(graph: _Graph, alpha: float) -> KerasWeights:
+def _read(graph: _Graph, table) -> KerasWeights:
   path = graph.path
   conv_ops = [i for i, (name, _, _) in enumerate(graph.ops) if name in _CONV_OPS]
-  layers = [layer for layer in layer_table.mobilenet_v2_layers(alpha, include_top=True)
-            if layer.kind in ('conv', 'depthwise')]
+  layers = [layer for layer in table if layer.kind in ('conv', 'depthwise')]
   if len(conv_ops) not in (len(layers), len(layers) + 1):
-    raise WeightsError(f'{path}: {len(conv_ops)} convolution ops, MobileNetV2 has {len(layers)} '
+    raise WeightsError(f'{path}: {len(conv_ops)} convolution ops, the backbone has {len(layers)} '
                        'convolutions (plus an optional classifier)')
-  unfolded_variance = np.float32(1.0 - mobilenet_v2.BATCH_NORM_EPSILON)
-  batch_norm_names = _batch_norm_after(layer_table.mobilenet_v2_layers(alpha, include_top=True))
+  batch_norms = {layer.name: table[layer.index + 1] for layer in layers}
   weights = {}
   channels = 3
   for layer, op_index in zip(layers, conv_ops):
@@ -120,14 +119,15 @@ def _read(graph: _Graph, alpha: float) -> KerasWeights:
     elif kernel.shape[:2] != (layer.kernel_size,) * 2 or in_channels != channels:
       problem = f'has kernel {kernel.shape} for {channels} input channels'
     elif layer.features and out_channels != layer.features:
-      problem = f'has {out_channels} output channels, expected {layer.features} (is alpha right?)'
+      problem = f'has {out_channels} output channels, expected {layer.features} (another width?)'
     if problem:
       raise WeightsError(f'{path}: op {op_index} ({graph.tensor_name(graph.ops[op_index][1][1])}) '
                          f'for Keras layer {layer.name} {problem}')
     weights[layer.name] = [kernel]
     ones = np.ones_like(bias)
-    weights[batch_norm_names[layer.name]] = [ones, bias, np.zeros_like(bias),
-                                             ones * unfolded_variance]
+    batch_norm = batch_norms[layer.name]
+    weights[batch_norm.name] = [ones, bias, np.zeros_like(bias),
+                                ones * np.float32(1.0 - batch_norm.epsilon)]
     channels = out_channels
   if len(conv_ops) > len(layers):
     _, kernel, bias = _kernel_and_bias(graph, conv_ops[-1])
@@ -137,11 +137,5 @@ def _read(graph: _Graph, alpha: float) -> KerasWeights:
                          f'the backbone gives {channels}')
     if kernel.shape[1] == 1001:  # TF-slim's background class
       kernel, bias = kernel[:, 1:], bias[1:]
-    weights['predictions'] = [kernel, bias]
+    weights[table[-1].name] = [kernel, bias]
   return weights
-
-
-def _batch_norm_after(layers) -> dict[str, str]:
-  """Maps each conv/depthwise layer name to the BatchNorm layer that follows it."""
-  return {layer.name: layers[layer.index + 1].name for layer in layers
-          if layer.kind in ('conv', 'depthwise')}
