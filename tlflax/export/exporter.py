@@ -1,7 +1,7 @@
 """`export` writes WORKDIR/export/ from a checkpoint of a trained workdir:
 
 - `saved_model/`: a TensorFlow SavedModel through jax2tf (`tlflax.export.saved_model`);
-- `model.keras`: `keras.applications.MobileNetV2` and the head with the trained weights
+- `model.keras`: the backbone's Keras application and the head with the trained weights
   (`tlflax.export.keras_model`), for Keras's own exporters (TF.js, ONNX, LiteRT);
 - `model.tflite`, and with `quantize='int8'` also `model_int8.tflite` (`tlflax.export.tflite`):
   int8 below the first layer the run fine-tuned, float32 from there up, head included
@@ -9,11 +9,11 @@
 - `labels.txt` (the class names, in output order) and `export.json` (input and output spec, classes,
   source checkpoint, versions, and the checks below).
 
-Every model takes uint8 RGB images of `image_size` squared (resized, not scaled: the scaling to
-[-1, 1] is inside) and returns float32 class probabilities. Each file is read back after it is
-written and run on `CHECK_IMAGES` training images that int8 calibration does not use: a float model
-whose probabilities differ from tlflax's (in full float32 precision) by more than `FLOAT_TOLERANCE`
-stops the export, which then leaves any earlier `export/` as it was.
+Every model takes uint8 RGB images of `image_size` squared (resized, not preprocessed: the
+backbone's preprocessing is inside) and returns float32 class probabilities. Each file is read
+back after it is written and run on `CHECK_IMAGES` training images that int8 calibration does
+not use: a float model whose probabilities differ from tlflax's (in full float32 precision) by
+more than `FLOAT_TOLERANCE` stops the export, which then leaves any earlier `export/` as it was.
 """
 import os
 import shutil
