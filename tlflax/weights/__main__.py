@@ -61,7 +61,8 @@ def main(argv=None) -> int:
                                 backbone_args=args.backbone_args, include_top=args.include_top,
                                 input_size=args.input_size, sha256=args.sha256)
   except (WeightsError, DownloadError, ConfigError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    message = str(e).replace('model.backbone_args', '--backbone_args')  # this command's flags
+    print(f"error: {message.replace('set model.backbone=', 'use --backbone ')}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:  # a download leaves no partial file behind (`weights.download`)
     print('interrupted: nothing was written', file=sys.stderr)
