@@ -7,9 +7,9 @@ output match adds its input back after drop-connect (a Keras `Dropout`, an ident
 inference). Preprocessing is inside the network: B0-B3 rescale to [0, 1] and normalize with the
 ImageNet mean and standard deviation, S, M and L rescale to [-1, 1).
 """
-import math
 from typing import NamedTuple
 
+from tlflax.backbones.efficientnet import round_repeats
 from tlflax.backbones.layers import TableBuilder
 from tlflax.backbones.preprocessing import INSIDE_THE_NETWORK
 from tlflax.backbones.registry import Backbone, WeightsFile, register
@@ -122,10 +122,6 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
   """Keras's EfficientNetV2 channel rounding: `filters * width` to the nearest multiple of
   `divisor`, at least `divisor` (no 90% rule, unlike MobileNet's `make_divisible`)."""
   return int(max(divisor, int(filters * width + divisor / 2) // divisor * divisor))
-
-
-def round_repeats(repeats: int, depth: float) -> int:
-  return int(math.ceil(depth * repeats))
 
 
 def _block(table: TableBuilder, prefix: str, input_filters: int, output_filters: int,

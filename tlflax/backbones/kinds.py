@@ -252,6 +252,15 @@ def _reshape_to_pixel(layer, inputs, context):  # Keras Reshape((1, 1, channels)
   return x.reshape(x.shape[0], 1, 1, x.shape[-1])
 
 
+def _flatten(layer, inputs, context):  # Keras Flatten: (batch, 1, 1, classes) -> (batch, classes)
+  x = _single(inputs)
+  return x.reshape(x.shape[0], -1)
+
+
+def _classifier_activation(layer, inputs, context):  # Activation(classifier_activation)
+  return activate(context.classifier_activation, _single(inputs))
+
+
 def _sum(layer, inputs, context):
   total = inputs[0]
   for x in inputs[1:]:
@@ -289,6 +298,8 @@ for _name, _kind in {
     'global_avg_pool': Kind(_global(jnp.mean)),
     'global_max_pool': Kind(_global(jnp.max)),
     'reshape_to_pixel': Kind(_reshape_to_pixel),
+    'flatten': Kind(_flatten),
+    'classifier_activation': Kind(_classifier_activation),
     'add': Kind(_sum),
     'multiply': Kind(_product),
     'dropout': Kind(_identity),

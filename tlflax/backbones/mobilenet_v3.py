@@ -12,7 +12,6 @@ operations, not layers, so `model.layers` holds only the ReLU; its table layer c
 """
 import collections
 
-from tlflax.backbones import kinds
 from tlflax.backbones.layers import TableBuilder
 from tlflax.backbones.mobilenet_v2 import make_divisible
 from tlflax.backbones.preprocessing import INSIDE_THE_NETWORK
@@ -73,18 +72,6 @@ WEIGHTS_HASHES = {
 }
 
 
-def _flatten(layer, inputs, context):  # Keras Flatten: (batch, 1, 1, classes) -> (batch, classes)
-  (x,) = inputs
-  return x.reshape(x.shape[0], -1)
-
-
-def _classifier_activation(layer, inputs, context):  # Activation(classifier_activation)
-  (x,) = inputs
-  return kinds.activate(context.classifier_activation, x)
-
-
-kinds.register('flatten', kinds.Kind(_flatten))
-kinds.register('classifier_activation', kinds.Kind(_classifier_activation))
 
 
 class _AutoNames:
