@@ -36,9 +36,9 @@ IMAGE_SIZE = 160
 PHASES = (('phase 1 (head)', False), ('phase 2 (fine_tune_at default)', True))
 
 
-def step_rate(backbone: str, dtype, fine_tunes: bool, batch_size: int, steps: int,
-              depthwise: str) -> float:
-  """Median images/s of the jitted train step (the tutorial's Adam at a constant rate)."""
+def make_step(backbone: str, dtype, fine_tunes: bool, depthwise: str = 'auto'):
+  """(model, jitted train step, initial state): the trainer's step with the tutorial's Adam at a
+  constant rate, random weights, phase 1 (head) or phase 2 (`fine_tunes`)."""
   model = Classifier(backbone, dtype=jnp.dtype(dtype), depthwise_implementation=depthwise)
   variables = init_variables(model, IMAGE_SIZE, jax.random.key(1), 'none')
   layers = backbone_layers(model)
@@ -48,7 +48,13 @@ def step_rate(backbone: str, dtype, fine_tunes: bool, batch_size: int, steps: in
   tx = optax.multi_transform({param_groups.TRAINABLE: optax.adam(1e-4, eps=1e-7),
                               param_groups.FROZEN: optax.set_to_zero()}, groups)
   step = make_train_step(model.apply, tx, groups, Objective(2, sigmoid=True), jax.random.key(2))
-  state = TrainState.create(variables, tx)
+  return model, step, TrainState.create(variables, tx)
+
+
+def step_rate(backbone: str, dtype, fine_tunes: bool, batch_size: int, steps: int,
+              depthwise: str) -> float:
+  """Median images/s of the jitted train step on one batch kept on the device."""
+  _, step, state = make_step(backbone, dtype, fine_tunes, depthwise)
   batch = {'image': jax.random.uniform(jax.random.key(0), (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
                                        minval=-1, maxval=1),
            'label': jnp.arange(batch_size) % 2, 'mask': jnp.ones(batch_size, bool)}

@@ -79,7 +79,8 @@ def reads_of_a_run(scheme: str, batch_size: int = 8) -> dict:
   """Under `cats_vs_dogs()`, on this process: the examples read for the class counts
   ('labels_read') and for a training epoch and the validation and test passes ('read'); each
   split's class counts; the split positions its evaluation passes gave."""
-  from tlflax.data.pipeline import PipelineConfig, eval_dataset, train_dataset
+  from tlflax.data.batching import PipelineConfig
+  from tlflax.data.pipeline import eval_dataset, train_dataset
   from tlflax.data.sources import tfds_splits
   config = PipelineConfig(batch_size=batch_size, image_size=8)
   with cats_vs_dogs():

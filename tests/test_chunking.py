@@ -7,7 +7,7 @@ import pytest
 from tlflax import chunking, feeds, optim, param_groups, parallel
 from tlflax.classifier import Classifier, backbone_layers, init_variables
 from tlflax.config import defaults, phase
-from tlflax.data.pipeline import PipelineConfig
+from tlflax.data.batching import PipelineConfig
 from tlflax.errors import ConfigError
 from tlflax.objectives import Objective
 from tlflax.steps import TrainState, make_train_step

@@ -318,11 +318,13 @@ def test_six_classes_end_to_end(tiny_run, tmp_path):
   assert 'val_top5_accuracy' in result.history['epochs'][-1]
 
   # the reports' loss is the smoothed cross-entropy of the final model's logits, computed here
+  # (on the images as the data kept in memory holds them: resized, then rounded to uint8)
   model = Classifier(backbone_args={'alpha': 0.35}, outputs=6)
   images, labels = [], []
   for label, name in enumerate(names):
     for path in sorted((folder / 'test' / name).iterdir()):
-      images.append(tf.image.resize(tf.io.decode_jpeg(path.read_bytes()), (32, 32)) / 127.5 - 1)
+      resized = tf.image.resize(tf.io.decode_jpeg(path.read_bytes()), (32, 32))
+      images.append(tf.round(resized) / 127.5 - 1)
       labels.append(label)
   logits = model.apply(result.variables, np.stack(images))
   smoothed = Objective(6, sigmoid=False, label_smoothing=0.1).losses(logits, np.array(labels))

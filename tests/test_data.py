@@ -23,8 +23,8 @@ from tlflax.backbones.preprocessing import UNIT_RANGE
 from tlflax.data import transforms
 from tlflax.data.folders import DataError, scan_image_folder
 from tlflax.data.image_cache import ImageCache
-from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, global_batch,
-                                  train_dataset)
+from tlflax.data.batching import PipelineConfig, global_batch
+from tlflax.data.pipeline import epoch_indices, eval_dataset, train_dataset
 from tlflax.data.sources import SPLIT_SCHEMES, folder_splits, process_range, tfds_splits
 
 @pytest.mark.parametrize('scheme,sizes', [('original', (800, 100, 100)),
@@ -413,7 +413,7 @@ def test_global_batch_splits_over_four_local_devices():
   import sys
   code = '''
 import jax, numpy as np
-from tlflax.data.pipeline import global_batch
+from tlflax.data.batching import global_batch
 mesh = jax.make_mesh((4,), ('data',))
 sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 arrays = global_batch({'label': np.arange(8, dtype=np.int32)}, sharding)
@@ -432,12 +432,12 @@ print(jax.device_count(), shards)
 def test_images_over_the_pixel_limit_are_skipped_from_their_header(tmp_path, caplog, monkeypatch):
   """A 12000x12000 PNG (144 MP, a few KB on disk) is skipped without being decoded; a JPEG over
   the limit is kept when a reduced-scale decoding fits it."""
-  from tlflax.data import folders
+  from tlflax.data import decoders
   root = make_folder(tmp_path / 'data', per_class=2)
   Image.new('1', (12000, 12000)).save(root / 'train' / 'cat' / 'bomb.png')
   decoded = []
-  checked = folders.decodable
-  monkeypatch.setattr(folders, 'decodable', lambda paths, *a: decoded.extend(paths) or checked(
+  checked = decoders.decodable
+  monkeypatch.setattr(decoders, 'decodable', lambda paths, *a: decoded.extend(paths) or checked(
       paths, *a))
   with caplog.at_level(logging.WARNING):
     files, _ = scan_image_folder(root)

@@ -60,12 +60,13 @@ def test_a_config_file_can_register_an_augmentation_op(tiny_run, tmp_path):
   from runs import overrides, run_main
   config_file = tmp_path / 'brightness.py'
   config_file.write_text(
-      'import tensorflow as tf\n'
+      'import jax\n'
       'from configs.cats_dogs import get_config as tutorial\n'
       'from tlflax.data import augment\n\n\n'
-      "@augment.register('brightness')\n"
-      'def brightness(image, seed, delta):\n'
-      '  return tf.image.stateless_random_brightness(image, delta * 255, seed)\n\n\n'
+      "@augment.register_jax('brightness')\n"
+      'def brightness(images, key, delta):\n'
+      '  shift = jax.random.uniform(key, (len(images), 1, 1, 1), minval=-delta, maxval=delta)\n'
+      '  return images + 255 * shift\n\n\n'
       "def get_config(variant=''):\n"
       '  config = tutorial(variant)\n'
       "  config.data.augment_ops = 'brightness(0.1)'\n"
@@ -73,4 +74,5 @@ def test_a_config_file_can_register_an_augmentation_op(tiny_run, tmp_path):
   flags = [*overrides(tiny_run), '--config.phases.fine_tune.epochs=0']
   code, output = run_main(tmp_path / 'w', flags, config_file=config_file)
   assert code == 0, output[-3000:]
+  assert 'kept in device memory' in output  # the op's JAX form ran on the device
   assert '"augment_ops": "brightness(0.1)"' in (tmp_path / 'w' / 'config.json').read_text()

@@ -51,6 +51,14 @@ def run_on_images(tiny_run, tmp_path_factory):
   return train_and_evaluate(no_augmentation(tiny_run, False), tmp_path_factory.mktemp('images'))
 
 
+@pytest.fixture(scope='module')
+def run_on_streamed_images(tiny_run, tmp_path_factory):
+  """`run_on_images` with streamed data (not rounded to uint8 as data kept in memory is)."""
+  config = no_augmentation(tiny_run, False)
+  config.data.residency = 'stream'
+  return train_and_evaluate(config, tmp_path_factory.mktemp('streamed'))
+
+
 def test_cached_phases_equal_training_on_images(tiny_run, run_on_images, tmp_path):
   """Phase 1 on cached pooled features and phase 2 on cached layer-100 activations end with the
   parameters and metrics of the same run on images."""
@@ -153,17 +161,19 @@ ON_CPU_ONLY = pytest.mark.skipif(
 
 
 @ON_CPU_ONLY
-def test_four_local_devices_train_like_one(tiny_run, run_on_images, tmp_path):
-  """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does, on
-  images and on cached activations (without augmentation, which tf.data applies per example
-  before the batch is split, so the device count cannot change it).
+def test_four_local_devices_train_like_one(tiny_run, run_on_images, run_on_streamed_images,
+                                           tmp_path):
+  """The CLI on 4 (forced CPU) devices, batch split 1 per device, ends where 1 device does: on
+  streamed images, and on cached activations of data kept on the devices (whose rows are split
+  over the 4 devices). Without augmentation, which tf.data applies per example before the batch
+  is split, so the device count cannot change it.
 
   Also `compute.compilation_cache_dir`: the first run fills the folder it names; the second, with
   'none', leaves `$JAX_COMPILATION_CACHE_DIR` empty. And the first keeps its decoded images on
-  disk (`compute.image_cache=disk`), whose files are gone when it ends."""
+  disk (`compute.image_cache=disk`, for streamed data), whose files are gone when it ends."""
   settings = {**TINY, 'data.folder': tiny_run.data.folder, 'model.weights': tiny_run.model.weights}
   flags = [f'--config.{key}={value}' for key, value in settings.items()] + NO_AUGMENTATION
-  one = [e['loss'] for e in run_on_images.history['epochs']]
+  alone = {False: run_on_streamed_images, True: run_on_images}
   caches = {False: tmp_path / 'named_cache', True: 'none'}
   environment_cache = tmp_path / 'environment_cache'
   environment_cache.mkdir()
@@ -172,17 +182,20 @@ def test_four_local_devices_train_like_one(tiny_run, run_on_images, tmp_path):
     code, output = run_main(workdir, flags + [
         f'--config.compute.cache_frozen={cached}',
         f'--config.compute.compilation_cache_dir={caches[cached]}',
-        f'--config.compute.image_cache={"none" if cached else "disk"}'], env={
+        f'--config.compute.image_cache={"none" if cached else "disk"}',
+        f'--config.data.residency={"device" if cached else "stream"}'], env={
             'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu',
             'JAX_COMPILATION_CACHE_DIR': str(environment_cache)})
     assert code == 0, output[-3000:]
     assert 'JAX on cpu (cpu): 4 devices, 1 processes, 1 images per' in output
     assert ('Cached activations at backbone layer 101' in output) == cached
-    assert ('Decoded the train split' in output) != cached
+    assert ('kept in device memory' in output) == cached
+    assert ('Decoded the train split (24 images, 0 MB, in ' in output) != cached  # image_cache
     assert not list(workdir.glob('image_cache/*.npy'))
-    assert_trees_close(run_on_images.variables, final_variables(workdir), atol=1e-5)
+    assert_trees_close(alone[cached].variables, final_variables(workdir), atol=1e-5)
     four = json.loads((workdir / 'history.json').read_text())
-    assert one == pytest.approx([e['loss'] for e in four['epochs']], abs=1e-5)
+    assert [e['loss'] for e in alone[cached].history['epochs']] == pytest.approx(
+        [e['loss'] for e in four['epochs']], abs=1e-5)
   assert len(list(caches[False].iterdir())) >= 2  # at least the two phases' train steps
   assert not list(environment_cache.iterdir())
 
@@ -247,13 +260,36 @@ def test_two_processes_train_like_one(tiny_run, tmp_path):
     assert (workdir / 'test_metrics.json').exists()
 
 
+@ON_CPU_ONLY
+def test_two_processes_with_data_on_the_devices_train_like_one(tiny_run, tmp_path):
+  """Data kept on the devices is ordered by one permutation of the whole split per epoch, and
+  augmented per position in the global batch, so two `jax.distributed` processes see the
+  batches of one process alone: with shuffling, flip, rotation and dropout on, and batches of a
+  third of the split, they end with its parameters."""
+  config = tiny_run.copy_and_resolve_references()
+  config.data.residency = 'device'
+  config.batch_size = 8  # 3 steps an epoch
+  config.phases.feature_extraction.epochs = 2
+  config.phases.fine_tune.epochs = 1
+  for settings, learning_rate in ((config.phases.feature_extraction, 0.1),
+                                  (config.phases.fine_tune, 0.01)):
+    settings.optimizer, settings.learning_rate = 'sgd', learning_rate
+  assert config.data.flip and config.data.rotation_factor and config.model.dropout
+  alone = train_and_evaluate(config, tmp_path / 'one').variables['params']
+  assert head_moved(config, alone) > 1e-3
+  first, second = run_two_processes(config, tmp_path / 'two')
+  for name, expected in zip(first.files, jax.tree.leaves(alone)):
+    np.testing.assert_array_equal(first[name], second[name])
+    np.testing.assert_allclose(first[name], expected, atol=1e-5, rtol=0, err_msg=name)
+
+
 def test_the_activation_cache_is_filled_in_place(tiny_run):
   """Peak host memory while caching is the cache's own size plus a batch, not twice it (parts
   then a concatenation), so `compute.cache_limit_gb` is the real limit."""
   import tracemalloc
 
   from tlflax import feeds, parallel
-  from tlflax.data.pipeline import PipelineConfig
+  from tlflax.data.batching import PipelineConfig
   from tlflax.data.sources import folder_splits
   mesh = parallel.data_mesh()
   images = feeds.ImageFeed(Classifier(backbone_args={'alpha': 0.35}), BINARY,

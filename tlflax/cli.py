@@ -36,8 +36,10 @@ def _wants_library_logs(argv) -> bool:
 def prepare_process():
   """Keep TensorFlow (tf.data runs on the host) off any accelerator JAX uses, and join the other
   processes of a multi-host run when the flags say so."""
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
+  from tlflax.data import decoders
+  if decoders.tensorflow_installed():
+    import tensorflow as tf
+    tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed or (FLAGS.num_processes or 1) > 1:
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -12,7 +12,7 @@ from ml_collections import config_dict
 
 from tlflax import backbones, chunking, devices, objectives, optim, param_groups
 from tlflax.checkpoints import BEST_METRICS
-from tlflax.data import augment, image_cache, sources
+from tlflax.data import augment, image_cache, resident, sources
 from tlflax.errors import ConfigError
 from tlflax.models.depthwise import check_implementation
 
@@ -98,6 +98,12 @@ def defaults() -> ml_collections.ConfigDict:
   # Images larger than this (decoded pixels) are skipped with a warning; JPEGs are decoded at 1/2,
   # 1/4 or 1/8 scale first where that brings them under it.
   config.data.max_pixels = 50_000_000
+  # Where the decoded splits live (`tlflax.data.resident`): 'auto' keeps them in device memory
+  # if they fit in `memory_share` of its free memory, else in host memory (the same share of
+  # what is available), else streams them; or 'device', 'host', 'stream' (tf.data decodes
+  # every epoch).
+  config.data.residency = 'auto'
+  config.data.memory_share = 0.5
 
   config.compute = ml_collections.ConfigDict()
   config.compute.dtype = 'float32'  # or 'bfloat16': mixed precision (parameters stay float32)
@@ -197,6 +203,10 @@ def validate(config: ml_collections.ConfigDict):
        f'best_metric must be one of {sorted(BEST_METRICS)}, got {config.best_metric!r}'),
       (config.data.shuffle_buffer >= 1,
        f'data.shuffle_buffer must be >= 1, got {config.data.shuffle_buffer}'),
+      (config.data.residency in resident.RESIDENCIES,
+       f'data.residency must be one of {resident.RESIDENCIES}, got {config.data.residency!r}'),
+      (0 < config.data.memory_share <= 1,
+       f'data.memory_share must be in (0, 1], got {config.data.memory_share}'),
       (config.data.max_pixels >= config.image_size ** 2,
        f'data.max_pixels must be >= image_size**2, got {config.data.max_pixels}'),
       (0 <= config.model.dropout < 1, 'model.dropout must be in [0, 1)'),

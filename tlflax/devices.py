@@ -1,7 +1,8 @@
 """What a run computes on: the JAX platform and devices (logged, and checked against
 `compute.platform`), the float32 matmul precision (`compute.matmul_precision`), where compiled
-programs are kept between runs (`compute.compilation_cache_dir`), and a warning when an NVIDIA GPU
-sits idle because JAX was installed for CPUs only."""
+programs are kept between runs (`compute.compilation_cache_dir`), how long each program took to
+compile (`log_compilations`), and a warning when an NVIDIA GPU sits idle because JAX was installed
+for CPUs only."""
 import importlib.metadata
 import os
 import shutil
@@ -95,6 +96,25 @@ def _use_compilation_cache(setting: str) -> Optional[Path]:
   return folder
 
 
+COMPILE_LOG_SECONDS = 1.0  # compilations that took at least this long are logged
+_compilations_logged = False
+
+
+def _log_compilation(event: str, seconds: float, **details):
+  if event == '/jax/core/compile/backend_compile_duration' and seconds >= COMPILE_LOG_SECONDS:
+    logging.info('Compiled %s in %.1f s (XLA; a hit in the compilation cache takes far less)',
+                 details.get('fun_name', 'a program'), seconds)
+
+
+def log_compilations():
+  """From now on, logs each XLA compilation of at least `COMPILE_LOG_SECONDS`, with the name of
+  the jitted function (JAX's monitoring events)."""
+  global _compilations_logged
+  if not _compilations_logged:
+    jax.monitoring.register_event_duration_secs_listener(_log_compilation)
+    _compilations_logged = True
+
+
 def prepare(compute, batch_size: int, enforce_platform: bool = True):
   """Checks the platform against `compute.platform` (if `enforce_platform`: training, not the
   use of a trained model elsewhere), sets `compute.matmul_precision` and the compilation cache,
@@ -111,5 +131,6 @@ def prepare(compute, batch_size: int, enforce_platform: bool = True):
   jax.config.update('jax_default_matmul_precision',  # None: JAX's own default, as if unset
                     None if compute.matmul_precision == 'default' else compute.matmul_precision)
   cache = _use_compilation_cache(compute.compilation_cache_dir)
+  log_compilations()
   logging.info('%s; float32 matmul precision %s; compilation cache %s', describe(batch_size),
                compute.matmul_precision, cache)

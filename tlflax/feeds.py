@@ -22,8 +22,7 @@ from absl import logging
 from tlflax import chunking, parallel
 from tlflax.classifier import Classifier, backbone_layers
 from tlflax.data.image_cache import DecodedImages, ImageCache
-from tlflax.data.pipeline import (PipelineConfig, epoch_indices, eval_dataset, eval_indices,
-                                  prefetch_to_devices, train_dataset, train_steps)
+from tlflax.data.batching import PipelineConfig, eval_indices, prefetch_to_devices, train_steps
 from tlflax.data.sources import Source
 from tlflax.objectives import Objective
 from tlflax.steps import make_eval_step, make_logits_step
@@ -69,6 +68,14 @@ class ImageFeed:
   def record(self) -> dict:
     return {'cached_from_layer': None, 'cache_seconds': 0.0}
 
+  def release(self):
+    """Deletes the decoded images this feed kept in files."""
+    self.image_cache.remove_files()
+
+  def cached(self, variables, boundary: int) -> 'CachedFeed':
+    """A feed of the activations at backbone layer `boundary` instead of images."""
+    return CachedFeed(self.model, variables, self, boundary)
+
   def to_devices(self, batches) -> Iterator[dict]:
     """NumPy batches as global arrays split over the mesh, `prefetch` batches ahead."""
     return prefetch_to_devices(batches, parallel.batch_sharding(self.mesh), self.prefetch)
@@ -81,10 +88,12 @@ class ImageFeed:
                                 self.config.max_pixels)
 
   def train(self, epoch: int) -> Iterator[dict]:
+    from tlflax.data.pipeline import train_dataset  # tf.data: only where data streams
     return self.to_devices(train_dataset(self.splits['train'], self.config, epoch,
                                          self.decoded('train')).as_numpy_iterator())
 
   def evaluation(self, split: str) -> Iterator[dict]:
+    from tlflax.data.pipeline import eval_dataset
     return self.to_devices(eval_dataset(self.splits[split], self.config, self.decoded(split))
                            .as_numpy_iterator())
 
@@ -160,6 +169,7 @@ class CachedFeed:
     return self.images.to_devices(map(take, positions))
 
   def train(self, epoch: int) -> Iterator[dict]:
+    from tlflax.data.pipeline import epoch_indices
     return self._batches('train', epoch_indices(self.images.splits['train'], self.images.config,
                                                 epoch))
 
@@ -168,7 +178,7 @@ class CachedFeed:
     return self._batches(split, eval_indices(self.images.splits[split], self.images.config))
 
 
-def for_phase(compute, model: Classifier, variables, images: ImageFeed, first_trained: int):
+def for_phase(compute, model: Classifier, variables, images, first_trained: int):
   """A phase's feed: cached activations below its first trained backbone layer (`first_trained`,
   a Keras index; the layer count when only the head trains) when `compute.cache_frozen` asks for
   them and they fit in `compute.cache_limit_gb`; else `images` (`ImageFeed.training_view`)."""
@@ -183,4 +193,4 @@ def for_phase(compute, model: Classifier, variables, images: ImageFeed, first_tr
                     'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
                     compute.cache_limit_gb)
     return images.training_view(first_trained)
-  return CachedFeed(model, variables, images, boundary)
+  return images.cached(variables, boundary)

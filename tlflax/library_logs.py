@@ -62,8 +62,10 @@ def hide():
   global _hidden
   _hidden = True
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  with _descriptors_discarded(2):
-    import tensorflow  # noqa: F401
+  from tlflax.data import decoders
+  if decoders.tensorflow_installed():
+    with _descriptors_discarded(2):
+      import tensorflow  # noqa: F401
   absl_logging.get_absl_handler().addFilter(_LibraryWarningsOnly())
 
 

@@ -5,8 +5,8 @@ CSV file (`output_path`: the one asked for, else `WORKDIR/predictions_<source>.c
 file is never replaced), written with the `csv` module as each batch is classified, so an
 interrupted run keeps what it did: `path,label,probability` (the top class and its probability),
 then `class_i,probability_i` for the top k = min(5, classes) classes. Images are
-read and decoded in parallel by tf.data. File names that are not valid UTF-8 appear with backslash
-escapes.
+read and decoded in parallel (`tlflax.data.decoders`: TensorFlow, or Pillow without it). File
+names that are not valid UTF-8 appear with backslash escapes.
 """
 import csv
 import glob
@@ -17,14 +17,12 @@ from typing import Iterator, Optional
 
 import jax
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from tlflax import chunking, interrupts, parallel
 from tlflax.classifier import backbone_layers
-from tlflax.data import transforms
+from tlflax.data import decoders
 from tlflax.data.folders import IMAGE_EXTENSIONS, printable, too_large
-from tlflax.data.pipeline import without_autotuning
 from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
 from tlflax.run_parts import check_config, restore_for_inference
@@ -76,22 +74,17 @@ def output_path(workdir, output: Optional[str], source: str) -> Path:
     path = folder / f'predictions_{source}_{number}.csv'
 
 
-def _image_batches(paths: list[Path], batch_size: int, max_pixels: int, prepare):
-  """(paths, `prepare(encoded bytes)`) batches of the paths that decode, read and decoded in
-  parallel by tf.data; warns about each path that does not."""
+def _image_batches(paths: list[Path], batch_size: int, size: int, max_pixels: int,
+                   rounded: bool):
+  """(paths, images) batches of the paths that decode (`decoders.decoded_batches`: float32, or
+  uint8 if `rounded`); warns about each path that does not."""
   small = [path for path in paths if not too_large(path, max_pixels)]
   for path in sorted(set(paths) - set(small)):
     logging.warning('skipped %s: over data.max_pixels=%d', printable(path), max_pixels)
   if not small:
     return
-  batches = (tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in small]).enumerate()
-             .map(lambda i, p: (i, prepare(tf.io.read_file(p))),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-             .ignore_errors()
-             .batch(batch_size)
-             .prefetch(2))
   expected = 0
-  for indices, images in without_autotuning(batches).as_numpy_iterator():
+  for indices, images in decoders.decoded_batches(small, batch_size, size, max_pixels, rounded):
     for skipped in range(expected, indices[-1]):
       if skipped not in indices:
         logging.warning('skipped %s: not a readable image', printable(small[skipped]))
@@ -170,14 +163,13 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
   apply = jax.jit(chunking.frozen_in_chunks(trained.model, len(backbone_layers(trained.model)),
                                             chunk))
   paths = list_images(inputs)
-  batches = _image_batches(
-      paths, config.batch_size, config.data.max_pixels,
-      lambda encoded: transforms.preprocess(encoded, config.image_size,
-                                            trained.model.spec.preprocessing,
-                                            config.data.max_pixels))
+  batches = _image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
+                           rounded=False)
+  preprocessing = trained.model.spec.preprocessing
   yield from _classified(
       batches, len(paths),
-      lambda images: trained.objective.probabilities(apply(trained.variables, images)),
+      lambda images: trained.objective.probabilities(apply(trained.variables,
+                                                           preprocessing(images))),
       trained.class_names, config.batch_size,
       output_path(workdir, output, source_name(None, checkpoint)))
 
@@ -206,8 +198,6 @@ def predict_exported(model_path, workdir, inputs: str, batch_size: int, max_pixe
     raise ExportError(f'{model_path} gives {model.num_classes} probabilities; the labels.txt '
                       f'beside it names {len(class_names)} classes')
   paths = list_images(inputs)
-  batches = _image_batches(
-      paths, batch_size, max_pixels,
-      lambda encoded: transforms.exported_model_input(encoded, model.image_size, max_pixels))
+  batches = _image_batches(paths, batch_size, model.image_size, max_pixels, rounded=True)
   yield from _classified(batches, len(paths), model, class_names, batch_size,
                          output_path(workdir, output, source_name(model_path, '')))

@@ -8,7 +8,7 @@ import numpy as np
 from flax import serialization
 
 from tlflax import plots
-from tlflax.data import sources, transforms
+from tlflax.data import sources
 
 
 def write_atomically(path: Path, content: bytes):
@@ -45,7 +45,7 @@ def write_reports(run, history: dict, variables: dict):
   test, config = run.splits['test'], run.image_feed.config
   chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
   found = sources.examples_at(test, chosen, config.image_size, config.max_pixels,
-                              prepare=transforms.decode_and_resize)
+                              rounded=False)
   images = np.stack([found[i][0] for i in chosen])
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, config.preprocessing(images))))

@@ -15,11 +15,12 @@ from tlflax import config as config_lib
 from tlflax import backbones, chunking, devices, feeds, objectives, parallel, resume
 from tlflax import workdir as workdir_lib
 from tlflax.classifier import Classifier, abstract_variables
-from tlflax.data import sources
+from tlflax.data import augment, decoders, resident, sources
 from tlflax.data.image_cache import ImageCache
-from tlflax.data.pipeline import PipelineConfig
+from tlflax.data.batching import PipelineConfig
 from tlflax.errors import ConfigError, DataError
 from tlflax.objectives import Objective
+from tlflax.resident_feed import ResidentFeed
 
 
 def make_model(config, objective: Objective) -> Classifier:
@@ -76,11 +77,23 @@ def pipeline_config(config) -> PipelineConfig:
 
 
 def image_feed(config, model: Classifier, objective: Objective, splits: dict, mesh,
-               image_cache: Optional[ImageCache] = None) -> feeds.ImageFeed:
-  """The `ImageFeed` of `config`'s pipeline, prefetch and frozen chunks."""
-  return feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
-                         config.compute.prefetch, image_cache,
-                         chunking.resolve(config.compute.frozen_chunk))
+               image_cache: Optional[ImageCache] = None):
+  """The feed of `config`'s pipeline, prefetch and frozen chunks: a `ResidentFeed` where
+  `data.residency` keeps the splits in memory, else the streamed `feeds.ImageFeed` (with
+  `image_cache`)."""
+  choice = resident.choose(
+      config.data.residency, sum(source.num_examples for source in splits.values()),
+      config.image_size, mesh.size, config.data.memory_share,
+      streamable=decoders.tensorflow_installed(),
+      device_form=not augment.missing(config.data.augment_ops, 'jax'))
+  logging.info('Data: %s (%s)', {'device': 'kept in device memory', 'host': 'kept in host memory',
+                                 'stream': 'streamed by tf.data'}[choice.where], choice.reason)
+  chunk = chunking.resolve(config.compute.frozen_chunk)
+  if choice.where == 'stream':
+    return feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
+                           config.compute.prefetch, image_cache, chunk)
+  return ResidentFeed(model, objective, splits, pipeline_config(config), mesh, choice.where,
+                      chunk, config.compute.prefetch)
 
 
 @dataclasses.dataclass

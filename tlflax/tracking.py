@@ -4,8 +4,10 @@
 processes write nothing): per epoch, keyed by the global step at its end, the training and
 validation metrics under `train/` and `val/`, the global epoch and the phase's index; per step
 `train/learning_rate`; at the end the learning curves and prediction grid. `tensorboard
---logdir WORKDIR` shows them. `record_environment` appends to `WORKDIR/environment.json` what
-each start of the run ran on: package versions, the code's git commit, devices and processes.
+--logdir WORKDIR` shows them. clu writes events with TensorFlow: where it is not installed, no
+events are written (the log says so; history.json holds the same numbers). `record_environment`
+appends to `WORKDIR/environment.json` what each start of the run ran on: package versions, the
+code's git commit, devices and processes.
 """
 import datetime
 import importlib.metadata
@@ -19,10 +21,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from PIL import Image
 
 from tlflax import reports
+from tlflax.data import decoders
 
 PACKAGES = ('tlflax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-cpu',
             'tensorflow', 'tensorflow-datasets', 'ml-collections', 'clu', 'numpy', 'keras')
@@ -34,12 +36,33 @@ SCALARS = {'loss': 'train/loss', 'accuracy': 'train/accuracy',
            'val_images_per_second': 'val/images_per_second'}
 
 
+class _NoEvents:
+  """A writer that writes nothing (processes other than 0, or no TensorFlow)."""
+
+  def write_scalars(self, step, scalars):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
 class Tracker:
   """TensorBoard writer of one run (a no-op on processes other than 0)."""
 
   def __init__(self, workdir: Path, primary: bool):
-    self.writer = (metric_writers.SummaryWriter(str(Path(workdir) / 'tensorboard')) if primary
-                   else metric_writers.MultiWriter([]))
+    self.writer = _NoEvents()
+    if primary and decoders.tensorflow_installed():
+      from clu import metric_writers
+      self.writer = metric_writers.SummaryWriter(str(Path(workdir) / 'tensorboard'))
+    elif primary:
+      logging.info('No TensorBoard events: clu writes them with TensorFlow, which is not '
+                   'installed (history.json holds the same numbers)')
 
   def learning_rates(self, first_step: int, rates):
     """`rates[i]`: the learning rate of global step `first_step + i` (1-based: the step count

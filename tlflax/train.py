@@ -95,7 +95,7 @@ class Run:
   class_names: list
   objective: Objective
   model: Classifier
-  image_feed: feeds.ImageFeed  # its eval_step serves the initial and test evaluations
+  image_feed: object  # the run's feed (`run_parts.image_feed`); serves the evaluations
   abstract: dict  # shapes of {'params', 'batch_stats'}
   checkpoints: checkpoints_lib.Checkpoints
   tracker: tracking.Tracker
@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
       try:
         return _train_and_evaluate(run, first_phase_from)
       finally:  # decoded images on disk go, also when the run fails
-        run.image_feed.image_cache.remove_files()
+        run.image_feed.release()
   except interrupts.Interrupted as e:
     e.outcome = resume_hint(workdir, trained=e.during == FINAL_EVALUATION)
     raise
@@ -234,7 +234,10 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   """Trains `phase` from `position` to its last epoch (or until early stopping ends it),
   checkpointing after every epoch."""
   groups, tx = run.optimizer(phase)
-  state = position.state or TrainState.create(position.variables, tx, position.step)
+  # replicated over the mesh as the step's outputs are, so that its second call reuses the
+  # program its first compiled
+  state = position.state or parallel.replicate(
+      TrainState.create(position.variables, tx, position.step), run.mesh)
   settings, history = phase.settings, position.history
   counts = param_groups_lib.count_params(state.params, groups)
   layers = backbone_layers(run.model)

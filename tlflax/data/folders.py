@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tlflax.data import carving
-from tlflax.data.transforms import JPEG_SCALES, decode_rgb
+from tlflax.data import carving, decoders
+from tlflax.data.pillow_decoding import JPEG_SCALES
 from tlflax.errors import DataError  # noqa: F401  (re-exported)
 
 SPLITS = carving.SPLITS
@@ -62,20 +61,6 @@ def too_large(path, max_pixels: int) -> bool:
   return width * height / (JPEG_SCALES[-1] ** 2 if jpeg else 1) > max_pixels
 
 
-def decodable(paths, max_pixels=None) -> np.ndarray:
-  """For each path, whether it reads and decodes as an image (checked in parallel with tf.data)."""
-  ok = np.zeros(len(paths), bool)
-  if not paths:
-    return ok
-  checks = (tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in paths]).enumerate()
-            .map(lambda i, p: (i, tf.shape(decode_rgb(tf.io.read_file(p), max_pixels))),
-                 num_parallel_calls=tf.data.AUTOTUNE)
-            .ignore_errors())
-  for index, _ in checks.as_numpy_iterator():
-    ok[index] = True
-  return ok
-
-
 def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
   """Lists a split's images, skipping (with a counted warning) what is not a readable image."""
   present = sorted(e.name for e in _visible_entries(folder) if e.is_dir())
@@ -93,7 +78,7 @@ def _scan_split(folder: Path, class_names, max_pixels: int) -> LabelledFiles:
         not_images.append(entry.path)
   small = np.array([not too_large(p, max_pixels) for p in candidates], bool)
   ok = small.copy()
-  ok[small] = decodable([p for p, fits in zip(candidates, small) if fits], max_pixels)
+  ok[small] = decoders.decodable([p for p, fits in zip(candidates, small) if fits], max_pixels)
   unreadable = [p for p, good, fits in zip(candidates, ok, small) if fits and not good]
   oversized = [p for p, fits in zip(candidates, small) if not fits]
   for kind, skipped in (('files that are not images', not_images),

@@ -11,11 +11,9 @@ from typing import Optional
 
 import jax
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from tlflax.data import transforms
 from tlflax.data.sources import Source
 from tlflax.errors import DataError
 
@@ -36,8 +34,10 @@ class DecodedImages:
   images: np.ndarray
   labels: np.ndarray
 
-  def lookup(self, position: tf.Tensor) -> dict:
-    """{'image', 'label'} of the example at `position` of the shard, inside tf.data."""
+  def lookup(self, position) -> dict:
+    """{'image', 'label'} of the example at `position` (a tf.Tensor) of the shard, inside
+    tf.data."""
+    import tensorflow as tf
     image, label = tf.numpy_function(lambda i: (self.images[i], self.labels[i]), [position],
                                      (tf.float32, tf.int32), stateful=False)
     image.set_shape(self.images.shape[1:])
@@ -49,6 +49,9 @@ def decode(source: Source, image_size: int, max_pixels: int, name: str,
            file: Optional[Path] = None) -> DecodedImages:
   """Decodes and resizes this process's shard of `source` (in parallel, by tf.data) into memory,
   or into `file` (a NumPy .npy file opened as a memory map)."""
+  import tensorflow as tf
+
+  from tlflax.data import transforms
   shard = source.process_shard().map(
       lambda x: (transforms.decode_and_resize(x['image'], image_size, max_pixels), x['label']),
       num_parallel_calls=tf.data.AUTOTUNE)

@@ -9,19 +9,22 @@
 `check_class_counts` logs each split's examples per class and stops on a class without training
 examples.
 """
+from __future__ import annotations  # annotations name tf.data, imported where used
+
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tlflax.data import carving, folders, transforms
+from tlflax.data import carving, decoders, folders
 from tlflax.errors import DataError
+
+if TYPE_CHECKING:  # imported where used: folders need no TensorFlow
+  import tensorflow as tf
 
 # Fixed slices of TFDS `train`, as the tutorials take them from `cats_vs_dogs` (its only split);
 # 'auto' uses the dataset's own splits and carves the missing ones out by seed (`carving`).
@@ -83,6 +86,8 @@ class Source:
   read: Callable[[dict], dict] = _read_nothing
   small_records: bool = False  # file names: a whole shard of them fits in memory
   locate: Callable[[int], str] = _position
+  paths: tuple = ()  # an image folder's files, in split order (decoded without TensorFlow too)
+  labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
   @property
   def records(self) -> tf.data.Dataset:
@@ -92,6 +97,7 @@ class Source:
   @property
   def dataset(self) -> tf.data.Dataset:
     """Every example of the split, read."""
+    import tensorflow as tf
     return self.records.map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
 
   @property
@@ -106,20 +112,29 @@ class Source:
 
   def process_shard(self) -> tf.data.Dataset:
     """This process's examples, read."""
+    import tensorflow as tf
     return self.process_records().map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _slicer(records: tf.data.Dataset) -> Callable[[int, int], tf.data.Dataset]:
-  """`records_between` of records that are cheap to skip (file names)."""
-  return lambda start, end: records.skip(start).take(end - start)
-
-
 def examples_at(source, indices, image_size: int, max_pixels: int,
-                prepare=transforms.exported_model_input) -> dict[int, tuple[np.ndarray, int]]:
-  """{index: (`prepare(encoded image, image_size, max_pixels)`, label)} for the examples of
-  `source` at `indices`; by default uint8 (size, size, 3) images, as exported models take them."""
+                rounded: bool = True) -> dict[int, tuple[np.ndarray, int]]:
+  """{index: (image, label)} for the examples of `source` at `indices`: decoded and resized to
+  (size, size, 3), by default rounded to the uint8 that exported models take, else float32
+  (`decoders.decoded_batches`). Only those examples are read."""
   if not len(indices):
     return {}
+  if source.paths:
+    wanted = sorted(set(int(i) for i in indices))
+    found = {}
+    for kept, images in decoders.decoded_batches([source.paths[i] for i in wanted], 64,
+                                                 image_size, max_pixels, rounded):
+      found.update({wanted[k]: (image, int(source.labels[wanted[k]]))
+                    for k, image in zip(kept, images)})
+    return found
+  import tensorflow as tf
+
+  from tlflax.data import transforms
+  prepare = transforms.exported_model_input if rounded else transforms.decode_and_resize
   wanted = tf.constant(sorted(indices), tf.int64)
 
   def prepared(i, record):
@@ -132,14 +147,14 @@ def examples_at(source, indices, image_size: int, max_pixels: int,
 
 
 def images_at(source, indices, image_size: int, max_pixels: int,
-              prepare=transforms.exported_model_input) -> dict[int, np.ndarray]:
+              rounded: bool = True) -> dict[int, np.ndarray]:
   """The images of `examples_at`, without their labels."""
   return {i: image for i, (image, _) in examples_at(source, indices, image_size, max_pixels,
-                                                    prepare).items()}
+                                                    rounded).items()}
 
 
 def _source(records_between, labels, class_names, what: str = '', read=_read_nothing,
-            small_records: bool = False, locate=_position) -> Source:
+            small_records: bool = False, locate=_position, paths: tuple = ()) -> Source:
   labels = np.asarray(labels, np.int64)
   outside = labels[(labels < 0) | (labels >= len(class_names))]
   if outside.size:
@@ -147,7 +162,7 @@ def _source(records_between, labels, class_names, what: str = '', read=_read_not
                     f'{outside[0]}; -1 marks unlabelled examples in TFDS)')
   counts = np.bincount(labels, minlength=len(class_names))
   return Source(records_between, len(labels), tuple(class_names), tuple(int(c) for c in counts),
-                read, small_records, locate)
+                read, small_records, locate, tuple(paths), labels.astype(np.int32))
 
 
 def check_split_scheme(name: str):
@@ -160,6 +175,7 @@ def feature_names(name: str, features, supervised_keys, image_feature: str = '',
                   label_feature: str = '') -> tuple[str, str]:
   """(image feature, label feature) of a TFDS dataset: the given names, else its supervised keys,
   else its only `Image` and `ClassLabel` features. Raises `DataError` saying what to set."""
+  import tensorflow_datasets as tfds
   supervised = tuple(supervised_keys or ('', ''))[:2]
   chosen = []
   for given, kind, default, key in ((image_feature, tfds.features.Image, supervised[0],
@@ -191,6 +207,8 @@ def tfds_splits(name: str = 'cats_vs_dogs', split_scheme: str = 'original',
   Each split's labels are read once for its class counts (images are not decoded): each process
   reads those of its own shard and the processes exchange them. Every later read is a TFDS slice
   of the wanted positions (`Source.records_between`)."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
   check_split_scheme(split_scheme)
   builder = tfds.builder(name, data_dir=data_dir)
   try:
@@ -275,6 +293,7 @@ def _subset(records_between, indices: np.ndarray) -> Callable[[int, int], tf.dat
   """`records_between` of the records at (sorted) `indices` of a split: a range of them reads the
   split from its first index to its last and keeps those."""
   def subset_between(start: int, end: int) -> tf.data.Dataset:
+    import tensorflow as tf
     if end <= start:
       return records_between(0, 0)
     first, last = int(indices[start]), int(indices[end - 1])
@@ -288,6 +307,7 @@ def _subset(records_between, indices: np.ndarray) -> Callable[[int, int], tf.dat
 
 
 def _read_file(record: dict) -> dict:
+  import tensorflow as tf
   return {'image': tf.io.read_file(record['image']), 'label': record['label']}
 
 
@@ -296,12 +316,15 @@ def folder_splits(root, seed: int = 0, max_pixels: int = 50_000_000) -> dict[str
   files, class_names = folders.scan_image_folder(root, seed, max_pixels=max_pixels)
 
   def source(split: folders.LabelledFiles) -> Source:
-    records = tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
-        {'image': [os.fsencode(p) for p in split.paths],
-         'label': tf.constant(split.labels, tf.int32)})
-    return _source(_slicer(records), split.labels, class_names, read=_read_file,
+    def records_between(start: int, end: int) -> tf.data.Dataset:
+      import tensorflow as tf
+      return tf.data.Dataset.from_tensor_slices(  # bytes: file names need not be UTF-8
+          {'image': [os.fsencode(p) for p in split.paths[start:end]],
+           'label': tf.constant(split.labels[start:end], tf.int32)})
+    return _source(records_between, split.labels, class_names, read=_read_file,
                    small_records=True,
-                   locate=lambda i: folders.printable(os.path.abspath(split.paths[i])))
+                   locate=lambda i: folders.printable(os.path.abspath(split.paths[i])),
+                   paths=split.paths)
 
   return {split: source(split_files) for split, split_files in files.items()}
 

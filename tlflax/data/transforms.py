@@ -3,7 +3,7 @@ Keras-equal rotation that the augmentation ops (`tlflax.data.augment`) use.
 """
 import tensorflow as tf
 
-JPEG_SCALES = (1, 2, 4, 8)  # the reduced-size decodings libjpeg offers (`decode_jpeg(ratio=...)`)
+from tlflax.data.pillow_decoding import JPEG_SCALES
 
 
 def _decode_full(encoded: tf.Tensor) -> tf.Tensor:
