@@ -163,9 +163,10 @@ def test_export_of_the_real_run_gives_its_probabilities_on_400_photos(real_cats_
   """docs/deploy.md's Deploy commands on the trained 2+2-epoch run: the int8 TFLite model (float32
   from the first fine-tuned layer up) with tlflax's top-1 class on at least 98.5% of the 400 real
   validation photos (99.5% measured) and on every one whose top two classes are 0.3 or more
-  apart (the changed classes' margins measured: 0.10 and 0.22), and its accuracy at most 1 point below; every float model within 1e-4 of tlflax on 100
-  of them (the Keras file reloaded in a fresh process); predict --model within 0.05 of the
-  checkpoint on all 400 (the images rounded to uint8; 0.0225 measured)."""
+  apart (the changed classes' margins measured: 0.10 and 0.22), and its accuracy at most 1 point
+  below; every float model within 1e-4 of tlflax on 100 of them (the Keras file reloaded in a
+  fresh process); predict --model within 0.05 of the checkpoint on all 400 (the images rounded to
+  uint8; 0.0225 measured)."""
   config, workdir, _ = real_cats_dogs_run
   code, output = run_main(workdir, [f'--config.data.folder={config.data.folder}',
                                     f'--config.model.weights={config.model.weights}'],
