@@ -118,18 +118,18 @@ def main():
           state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
       results['epoch', phase_name, name] = timed(whole_epoch, steps * BATCH, args.epochs)
+  def label(key, leave_out=()):
+    return ', '.join(('augmented' if part else 'no augmentation') if isinstance(part, bool)
+                     else part for part in key if part not in leave_out)
   print('| what | images/s | CPU s per 1000 images |')
   print('|---|---:|---:|')
   for key, (rate, cost) in results.items():
-    label = ', '.join(('augmented' if part else 'no augmentation') if isinstance(part, bool)
-                      else part for part in key)
-    print(f'| {label} | {rate:.1f} | {cost:.1f} |')
+    print(f'| {label(key)} | {rate:.1f} | {cost:.1f} |')
   print('ratios, resident / streamed (images/s):')
   for key, (rate, _) in results.items():
     if 'resident' in key:
       streamed = results[tuple('streamed' if part == 'resident' else part for part in key)]
-      print(f'  {", ".join(str(part) for part in key if part != "resident")}: '
-            f'{rate / streamed[0]:.2f}x')
+      print(f'  {label(key, ("resident",))}: {rate / streamed[0]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from runs import ROOT, make_synthetic_folder, overrides
 
 from tlflax import parallel
 from tlflax.classifier import Classifier
-from tlflax.data import augment, image_ops, pillow_decoding, resident, transforms
+from tlflax.data import augment, decoders, image_ops, pillow_decoding, resident, transforms
 from tlflax.data.batching import PipelineConfig
 from tlflax.data.pipeline import eval_dataset, train_dataset
 from tlflax.data.sources import folder_splits
@@ -218,6 +218,25 @@ def test_pillow_decoding_matches_tensorflow_on_real_photos(shared_dir):
     ours = pillow_decoding.decode_rgb(paths[0], max_pixels)
     theirs = transforms.decode_rgb(tf.io.read_file(paths[0]), max_pixels).numpy()
     assert ours.shape == theirs.shape
+
+
+def test_without_tensorflow_files_that_do_not_decode_are_found_and_left_out(tmp_path,
+                                                                             monkeypatch):
+  """Pillow's checks and decoding, as TensorFlow's: a truncated JPEG, text named .jpg and an empty
+  file fail the check, the good images pass, and batches leave the bad ones out."""
+  monkeypatch.setattr(decoders, 'tensorflow_installed', lambda: False)
+  good = tmp_path / 'good.jpg'
+  Image.new('RGB', (40, 30), (200, 60, 60)).save(good)
+  Image.new('L', (20, 20), 90).save(tmp_path / 'grey.png')
+  (tmp_path / 'cut.jpg').write_bytes(good.read_bytes()[:60])
+  (tmp_path / 'text.jpg').write_text('not an image')
+  (tmp_path / 'empty.jpg').write_bytes(b'')
+  paths = [str(tmp_path / name) for name in ('good.jpg', 'cut.jpg', 'grey.png', 'text.jpg',
+                                             'empty.jpg')]
+  assert list(decoders.decodable(paths)) == [True, False, True, False, False]
+  (indices, images), = decoders.decoded_batches(paths, 8, 16, rounded=True)
+  assert list(indices) == [0, 2] and images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+  assert abs(int(images[1, 5, 5, 0]) - 90) <= 1 and images[1, 5, 5, 0] == images[1, 5, 5, 2]
 
 
 NO_TENSORFLOW = '''

@@ -203,6 +203,7 @@ def validate(config: ml_collections.ConfigDict):
        f'best_metric must be one of {sorted(BEST_METRICS)}, got {config.best_metric!r}'),
       (config.data.shuffle_buffer >= 1,
        f'data.shuffle_buffer must be >= 1, got {config.data.shuffle_buffer}'),
+      (0 <= config.seed < 2**32, f'seed must be in [0, 2**32), got {config.seed}'),
       (config.data.residency in resident.RESIDENCIES,
        f'data.residency must be one of {resident.RESIDENCIES}, got {config.data.residency!r}'),
       (0 < config.data.memory_share <= 1,
