@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from tlflax import cli, interrupts
+from tlflax import cli, errors, interrupts
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
@@ -95,6 +95,10 @@ def main(argv):
       print(evaluation.format_report(report, FLAGS.split))
       print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
     elif FLAGS.mode == 'export':
+      from tlflax.data import decoders
+      if not decoders.tensorflow_installed():
+        raise errors.ExportError('--mode=export writes SavedModel, Keras and TFLite files with '
+                                 'TensorFlow, which is not installed')
       from tlflax.export import exporter
       record = exporter.export(FLAGS.config, FLAGS.workdir, exporter.parse_formats(FLAGS.formats),
                                FLAGS.checkpoint, FLAGS.quantize)

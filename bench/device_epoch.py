@@ -41,9 +41,10 @@ from tlflax.resident_feed import ResidentFeed  # noqa: E402
 
 
 def synthetic_folder(root: Path, images: int) -> Path:
-  """`images` noisy 160x160 PNGs in two classes (train), and a tenth as many for validation."""
+  """`images` noisy 160x160 PNGs in two classes (train), and a tenth as many (at least 20) for
+  validation (a fifth of which becomes the test split)."""
   rng = np.random.default_rng(0)
-  for split, count in (('train', images), ('validation', max(2, images // 10))):
+  for split, count in (('train', images), ('validation', max(20, images // 10))):
     for name in ('a', 'b'):
       (root / split / name).mkdir(parents=True, exist_ok=True)
     for i in range(count):

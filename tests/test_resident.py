@@ -107,9 +107,9 @@ def test_resident_batches_equal_streamed_batches(folder, epoch):
     np.testing.assert_allclose(np.asarray(ours['image']), theirs['image'], atol=ROUNDING, rtol=0)
 
 
-def test_device_augmentation_depends_on_epoch_and_step_only(folder):
-  """Augmented batches are the same when an epoch is drawn again, differ between epochs, and
-  differ from the plain images."""
+def test_device_augmentation_is_repeatable_and_redrawn_each_epoch(folder):
+  """Augmented batches are the same when an epoch is drawn again (a resumed run's), differ
+  between epochs, and differ from the plain images."""
   augmented = feed(folder, 'device')
   plain = feed(folder, 'device', flip=False, rotation_factor=0.0)
   first = [np.asarray(b['image']) for b in augmented.train(1)]
@@ -174,6 +174,24 @@ def test_auto_residency_follows_the_memory_budget(monkeypatch):
   with pytest.raises(ConfigError, match='needs TensorFlow'):
     resident.choose('stream', fits, 160, 1, 0.5, streamable=False)
   assert resident.choose('auto', fits, 160, 1, 0.5, device_form=False).where == 'stream'
+  with pytest.raises(ConfigError, match='without a TensorFlow form'):
+    resident.choose('stream', fits, 160, 1, 0.5, stream_form=False)
+  # the shard is decoded on the host first: 8 accelerators cannot take more than the host holds
+  monkeypatch.setattr(resident, 'free_device_bytes', lambda: 40 * gib)
+  assert resident.choose('auto', int(12 * gib / image), 160, 8, 0.5).where == 'stream'
+  # CPU devices share the host's memory: 8 of them get an eighth of its budget each
+  monkeypatch.setattr(resident, 'free_device_bytes', lambda: None)
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 8)
+  assert resident.choose('auto', int(10 * gib / image), 160, 8, 0.5).where == 'stream'
+  assert resident.choose('auto', int(6 * gib / image), 160, 8, 0.5).where == 'device'
+
+
+def test_cached_activations_must_fit_beside_the_resident_images(folder, monkeypatch):
+  """A phase's activation cache under 'device' is checked against the devices' budget."""
+  monkeypatch.setattr(resident, 'free_device_bytes', lambda: 2**30)
+  images = feed(folder, 'device')
+  assert images.cache_fits(2**28) is None
+  assert 'GB per device, over data.memory_share=0.5' in images.cache_fits(2**30)
 
 
 def test_a_run_picks_host_memory_under_a_low_budget(tiny_run, monkeypatch):
@@ -253,12 +271,12 @@ def test_a_folder_trains_evaluates_and_predicts_without_tensorflow(tiny_run, tmp
   device, evaluates and predicts."""
   workdir = tmp_path / 'run'
 
-  def main(*flags):
+  def main(*flags, code=0):
     done = subprocess.run([sys.executable, '-c', NO_TENSORFLOW,
                            '--config=configs/cats_dogs.py', f'--workdir={workdir}',
                            *overrides(tiny_run), *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == code, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
   output = main('--config.phases.fine_tune.epochs=1')
   assert 'with Pillow' in output and 'kept in device memory' in output
@@ -273,3 +291,8 @@ def test_a_folder_trains_evaluates_and_predicts_without_tensorflow(tiny_run, tmp
   rows = [line.split('\t') for line in predicted.splitlines() if '.png\t' in line]
   assert [row[0].rsplit('/', 1)[-1] for row in rows] == ['a.png', 'b.png']
   assert all(row[1] in ('cat', 'dog') for row in rows)
+  for flags, needs in ((['--mode=export'], 'with TensorFlow, which is not installed'),
+                       (['--config.data.folder=', '--config.data.tfds_name=cats_vs_dogs'],
+                        'TFDS datasets need TensorFlow')):
+    output = main(*flags, code=1)
+    assert needs in output and 'Traceback' not in output

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import serialization, traverse_util
+import tensorflow as tf
 from PIL import Image
 
 from runs import ROOT, cats_dogs, run_main
@@ -223,8 +224,9 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
   assert len(rows) == 12
   # each row is the final model's own verdict on that file, computed here independently
   final = serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
-  images = np.stack([transforms.preprocess(Path(p).read_bytes(), 32, UNIT_RANGE).numpy()
-                     for p, _, _, _ in rows])
+  images = np.stack([  # resized and rounded to uint8, as training and prediction see them
+      UNIT_RANGE(tf.round(transforms.decode_and_resize(Path(p).read_bytes(), 32))).numpy()
+      for p, _, _, _ in rows])
   logits = Classifier(backbone_args={'alpha': 0.35}).apply(final, images)
   p_dog = np.asarray(jax.nn.sigmoid(logits[:, 0]))
   assert [label for _, label, _, _ in rows] == ['dog' if p > 0.5 else 'cat' for p in p_dog]

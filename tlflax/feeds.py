@@ -72,6 +72,10 @@ class ImageFeed:
     """Deletes the decoded images this feed kept in files."""
     self.image_cache.remove_files()
 
+  def cache_fits(self, nbytes: int) -> None:
+    """Activations go to host memory, which `compute.cache_limit_gb` bounds: always None."""
+    return None
+
   def cached(self, variables, boundary: int) -> 'CachedFeed':
     """A feed of the activations at backbone layer `boundary` instead of images."""
     return CachedFeed(self.model, variables, self, boundary)
@@ -192,5 +196,10 @@ def for_phase(compute, model: Classifier, variables, images, first_trained: int)
     logging.warning('Not caching: activations at backbone layer %d take %.1f GB, over '
                     'compute.cache_limit_gb=%g; training on images', boundary, size / 1e9,
                     compute.cache_limit_gb)
+    return images.training_view(first_trained)
+  too_large = images.cache_fits(size)
+  if too_large:
+    logging.warning('Not caching: activations at backbone layer %d take %s; training on images',
+                    boundary, too_large)
     return images.training_view(first_trained)
   return images.cached(variables, boundary)

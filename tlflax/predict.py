@@ -163,13 +163,14 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
   apply = jax.jit(chunking.frozen_in_chunks(trained.model, len(backbone_layers(trained.model)),
                                             chunk))
   paths = list_images(inputs)
+  # rounded to uint8 as the data kept in memory for training and evaluation is
   batches = _image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
-                           rounded=False)
+                           rounded=True)
   preprocessing = trained.model.spec.preprocessing
   yield from _classified(
       batches, len(paths),
-      lambda images: trained.objective.probabilities(apply(trained.variables,
-                                                           preprocessing(images))),
+      lambda images: trained.objective.probabilities(apply(
+          trained.variables, preprocessing(images.astype(np.float32)))),
       trained.class_names, config.batch_size,
       output_path(workdir, output, source_name(None, checkpoint)))
 

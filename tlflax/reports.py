@@ -44,9 +44,8 @@ def write_reports(run, history: dict, variables: dict):
   # the tutorial's 3x3 grid, of test images chosen by seed (the split may be in class order)
   test, config = run.splits['test'], run.image_feed.config
   chosen = np.random.default_rng(run.config.seed).permutation(test.num_examples)[:9]
-  found = sources.examples_at(test, chosen, config.image_size, config.max_pixels,
-                              rounded=False)
-  images = np.stack([found[i][0] for i in chosen])
+  found = sources.examples_at(test, chosen, config.image_size, config.max_pixels)
+  images = np.stack([found[i][0] for i in chosen]).astype(np.float32)  # rounded, as in memory
   probabilities = np.asarray(run.objective.probabilities(
       jax.jit(run.model.apply)(variables, config.preprocessing(images))))
   plots.prediction_grid(images, [run.class_names[found[i][1]] for i in chosen],

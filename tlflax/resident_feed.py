@@ -16,7 +16,7 @@ computed once on the devices for every resident row, in the same order and batch
 import copy
 import functools
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -93,11 +93,12 @@ class ResidentFeed:
 
   def __init__(self, model: Classifier, objective: Objective, splits: dict[str, Source],
                config: PipelineConfig, mesh, where: str, frozen_chunk: int = 0,
-               prefetch: int = 2):
+               prefetch: int = 2, memory_share: float = 0.5):
     if where not in ('device', 'host'):
       raise ValueError(f'where must be device or host, got {where!r}')
     self.model, self.objective, self.splits, self.config = model, objective, splits, config
     self.mesh, self.where, self.frozen_chunk, self.prefetch = mesh, where, frozen_chunk, prefetch
+    self.memory_share = memory_share
     self.programs = _Programs(config, mesh, augment.jax_chain(config.flip, config.rotation_factor,
                                                               config.augment_ops))
     self.held: dict[str, dict] = {}
@@ -141,14 +142,18 @@ class ResidentFeed:
     if name not in self.held:
       source = self.splits[name]
       start, end = process_range(source.num_examples)
-      local = {'image': resident.decode_shard(source, self.config.image_size,
-                                              self.config.max_pixels, name),
-               'label': np.asarray(source.labels[start:end], np.int32)}
+      labels = np.asarray(source.labels[start:end], np.int32)
       if self.where == 'host':
-        self.held[name] = local
+        self.held[name] = {'image': resident.decode_shard(source, self.config.image_size,
+                                                          self.config.max_pixels, name),
+                           'label': labels}
       else:
         multiple = max(1, self.config.batch_size // self.mesh.size)
         at = resident.layout(source.num_examples, self.mesh, multiple)
+        local = {'image': resident.decode_shard(source, self.config.image_size,
+                                                self.config.max_pixels, name,
+                                                at.rows // jax.process_count()),
+                 'label': labels}
         self.held[name] = {'arrays': resident.to_devices(local, at, self.mesh), 'layout': at,
                            'positions': jax.device_put(at.positions,
                                                        parallel.replicated(self.mesh))}
@@ -211,6 +216,19 @@ class ResidentFeed:
       yield self.programs.host(batch, 0, jax.random.key(0), False)
 
   # cached activations
+
+  def cache_fits(self, nbytes: int) -> Optional[str]:
+    """None if `nbytes` of activations (this process's) fit beside the resident images, else why
+    not: within `memory_share` of what is free now on each device ('device') or on the host."""
+    device_budget, host_budget, _ = resident.memory_budgets(self.memory_share)
+    if self.where == 'device':
+      needed, budget, what = nbytes / jax.local_device_count(), device_budget, 'per device'
+    else:
+      needed, budget, what = nbytes, host_budget, 'in host memory'
+    if needed <= budget:
+      return None
+    return (f'{needed / 1e9:.2f} GB {what}, over data.memory_share={self.memory_share:g} of the '
+            f'free memory ({budget / 1e9:.2f} GB)')
 
   def cached(self, variables, boundary: int) -> 'ResidentFeed':
     """This feed serving the activations at backbone layer `boundary` of the training and

@@ -38,6 +38,10 @@ def check_config(config):
 
 def load_splits(config) -> dict:
   """The config's train/validation/test `Source`s, their class counts logged and checked."""
+  if not config.data.folder and not decoders.tensorflow_installed():
+    raise ConfigError(f'data.tfds_name={config.data.tfds_name!r}: TFDS datasets need TensorFlow '
+                      'and tensorflow-datasets, which are not installed; install them, or train '
+                      'on a folder of images (--config.data.folder=PATH)')
   if config.data.folder:
     splits = sources.folder_splits(config.data.folder, seed=config.seed,
                                    max_pixels=config.data.max_pixels)
@@ -85,7 +89,8 @@ def image_feed(config, model: Classifier, objective: Objective, splits: dict, me
       config.data.residency, sum(source.num_examples for source in splits.values()),
       config.image_size, mesh.size, config.data.memory_share,
       streamable=decoders.tensorflow_installed(),
-      device_form=not augment.missing(config.data.augment_ops, 'jax'))
+      device_form=not augment.missing(config.data.augment_ops, 'jax'),
+      stream_form=not augment.missing(config.data.augment_ops, 'tensorflow'))
   logging.info('Data: %s (%s)', {'device': 'kept in device memory', 'host': 'kept in host memory',
                                  'stream': 'streamed by tf.data'}[choice.where], choice.reason)
   chunk = chunking.resolve(config.compute.frozen_chunk)
@@ -93,7 +98,7 @@ def image_feed(config, model: Classifier, objective: Objective, splits: dict, me
     return feeds.ImageFeed(model, objective, splits, pipeline_config(config), mesh,
                            config.compute.prefetch, image_cache, chunk)
   return ResidentFeed(model, objective, splits, pipeline_config(config), mesh, choice.where,
-                      chunk, config.compute.prefetch)
+                      chunk, config.compute.prefetch, config.data.memory_share)
 
 
 @dataclasses.dataclass

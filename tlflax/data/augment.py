@@ -126,8 +126,9 @@ def check(spec: str):
   training step."""
   if not parse(spec):
     return
+  from tlflax.data import decoders
   for form, run in (('jax', _jax_test_run), ('tensorflow', _tensorflow_test_run)):
-    if missing(spec, form):
+    if missing(spec, form) or (form == 'tensorflow' and not decoders.tensorflow_installed()):
       continue
     try:
       run(spec)

@@ -32,6 +32,9 @@ def decode_rgb(path, max_pixels: Optional[int] = None) -> np.ndarray:
         # Pillow picks the largest reduction r with size // requested >= r on both sides
         image.draft('RGB', (max(1, image.width // ratio), max(1, image.height // ratio)))
     image.seek(0)  # the first frame of an animation, as TensorFlow's decode_image
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit grey: scaled, as TensorFlow does
+      grey = np.round(np.asarray(image, np.float64) / 257).clip(0, 255).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert('RGB'))
 
 

@@ -6,9 +6,11 @@
 - 'host': this process's shard as a NumPy array; each step's rows are taken on the host and put
   on the devices.
 - 'stream': the tf.data pipeline decodes every epoch (`tlflax.data.pipeline`).
-- 'auto': 'device' while the splits fit in `data.memory_share` of the devices' free memory, else
-  'host' while they fit in that share of the host's available memory, else 'stream'. TFDS sets
-  and augmentation ops without a JAX form stream.
+- 'auto': 'device' while the splits fit in `data.memory_share` of the devices' free memory (and
+  each process's shard in that share of the host's, where it is decoded), else 'host' while they
+  fit in that share of the host's available memory, else 'stream'; the smallest budgets over all
+  processes decide, so every process chooses alike. TFDS sets are kept in memory like folders;
+  augmentation ops without a JAX form make 'auto' stream.
 
 Images are decoded and resized as the streamed pipeline does, then rounded to uint8 (what exported
 models take), with TensorFlow where it is installed and Pillow where it is not
@@ -64,6 +66,21 @@ def free_device_bytes() -> Optional[int]:
   return min(free)
 
 
+def memory_budgets(share: float) -> tuple[float, float, bool]:
+  """(bytes per device, bytes per process, on_cpu): `share` of the free device memory and of the
+  available host memory, the smallest over all processes (so that every process makes the same
+  choice). On CPUs the devices share the host's memory: each gets its part of it."""
+  device_free, host_free = free_device_bytes(), available_host_bytes()
+  on_cpu = device_free is None
+  if on_cpu:
+    device_free = host_free // max(1, jax.local_device_count())
+  budgets = np.array([device_free, host_free], np.float64) * share
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    budgets = np.asarray(multihost_utils.process_allgather(budgets)).reshape(-1, 2).min(0)
+  return float(budgets[0]), float(budgets[1]), on_cpu
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
   where: str  # 'device', 'host' or 'stream'
@@ -71,17 +88,23 @@ class Choice:
 
 
 def choose(residency: str, examples: int, image_size: int, devices: int, memory_share: float,
-           streamable: bool = True, device_form: bool = True) -> Choice:
+           streamable: bool = True, device_form: bool = True, stream_form: bool = True) -> Choice:
   """Where splits of `examples` examples in all (over every process) go under `residency`.
-  A 'device' or 'host' asked for that does not fit is a `ConfigError` with the sizes;
-  `streamable` is False without TensorFlow, `device_form` False when an augmentation op has no
-  JAX form."""
+  'device' needs its part on each device within the device budget, and the process's shard
+  within the host budget (it is decoded there first); 'host' the shard within the host budget.
+  One asked for that does not fit is a `ConfigError` with the sizes. `streamable` is False
+  without TensorFlow; `device_form` / `stream_form` False when an augmentation op has no JAX /
+  TensorFlow form."""
   if residency not in RESIDENCIES:
     raise ConfigError(f'data.residency must be one of {RESIDENCIES}, got {residency!r}')
   if residency == 'stream':
     if not streamable:
       raise ConfigError('data.residency=stream needs TensorFlow (tf.data), which is not '
                         'installed; use auto, device or host')
+    if not stream_form:
+      raise ConfigError('data.residency=stream runs augmentation in tf.data, and '
+                        'data.augment_ops names ops without a TensorFlow form; use auto, '
+                        'device or host')
     return Choice('stream', 'data.residency=stream')
   if not device_form:
     if residency != 'auto':
@@ -89,27 +112,25 @@ def choose(residency: str, examples: int, image_size: int, devices: int, memory_
                         'data.augment_ops names ops without a JAX form; use stream')
     return Choice('stream', 'an augmentation op has no JAX form')
   per_device = -(-examples // devices) * image_bytes(image_size)
-  device_free = free_device_bytes()
-  on_cpu = device_free is None
-  host_free = available_host_bytes()
-  device_budget = memory_share * (host_free if on_cpu else device_free)
   per_process = -(-examples // jax.process_count()) * image_bytes(image_size)
-  host_budget = memory_share * host_free
+  device_budget, host_budget, on_cpu = memory_budgets(memory_share)
   sizes = (f'{per_device / 1e9:.2f} GB per device, budget {device_budget / 1e9:.2f} GB '
-           f'(data.memory_share={memory_share:g} of {"available host" if on_cpu else "free device"}'
-           f' memory)')
-  if residency == 'device':
-    if per_device > device_budget:
-      raise ConfigError(f'data.residency=device: the decoded splits take {sizes}; lower '
-                        'image_size, raise data.memory_share, or use host or stream')
-    return Choice('device', f'data.residency=device ({sizes})')
+           f'(data.memory_share={memory_share:g} of '
+           f'{"the available host memory, over the devices" if on_cpu else "free device memory"})')
   host_sizes = (f'{per_process / 1e9:.2f} GB per process, budget {host_budget / 1e9:.2f} GB '
                 f'(data.memory_share={memory_share:g} of available host memory)')
+  on_devices = per_device <= device_budget and per_process <= host_budget
+  if residency == 'device':
+    if not on_devices:
+      raise ConfigError(f'data.residency=device: the decoded splits take {sizes}, and '
+                        f'{host_sizes} while decoding; lower image_size, raise '
+                        'data.memory_share, or use host or stream')
+    return Choice('device', f'data.residency=device ({sizes})')
   if residency == 'host':
     if per_process > host_budget:
       raise ConfigError(f'data.residency=host: the decoded splits take {host_sizes}; use stream')
     return Choice('host', f'data.residency=host ({host_sizes})')
-  if per_device <= device_budget:
+  if on_devices:
     return Choice('device', f'auto: they fit in device memory ({sizes})')
   if per_process <= host_budget:
     return Choice('host', f'auto: not in device memory ({sizes}), in host memory ({host_sizes})')
@@ -122,11 +143,14 @@ def choose(residency: str, examples: int, image_size: int, devices: int, memory_
   return Choice('stream', f'auto: too large for device ({sizes}) and host ({host_sizes})')
 
 
-def decode_shard(source: Source, image_size: int, max_pixels: int, name: str) -> np.ndarray:
+def decode_shard(source: Source, image_size: int, max_pixels: int, name: str,
+                 rows: Optional[int] = None) -> np.ndarray:
   """This process's shard of `source` decoded and resized to uint8 (n, size, size, 3), with
-  TensorFlow where it is installed, else Pillow (folders only)."""
+  TensorFlow where it is installed, else Pillow (folders only); in the first n of `rows` rows
+  (zeros after) if given, so that padding it for the devices copies nothing."""
   start, end = process_range(source.num_examples)
-  images = np.empty((end - start, image_size, image_size, 3), np.uint8)
+  padded = np.zeros((max(rows or 0, end - start), image_size, image_size, 3), np.uint8)
+  images = padded[:end - start]
   started = time.perf_counter()
   with tqdm(total=len(images), desc=f'decoding {name}', unit='image', leave=False,
             disable=None) as bar:
@@ -142,7 +166,7 @@ def decode_shard(source: Source, image_size: int, max_pixels: int, name: str) ->
                       'TensorFlow, which is not installed')
   logging.info('Decoded the %s split (%d images, %.0f MB) with %s in %.1f s', name, len(images),
                images.nbytes / 2**20, decoder, time.perf_counter() - started)
-  return images
+  return padded
 
 
 def _decode_with_tensorflow(source: Source, image_size: int, max_pixels: int, out: np.ndarray,
@@ -185,10 +209,17 @@ def layout(num_examples: int, mesh, multiple: int = 1) -> Layout:
   per_device = max(multiple, -(-per_device // multiple) * multiple)
   rows = per_device * mesh.size
   sharding = NamedSharding(mesh, PartitionSpec(parallel.DATA_AXIS))
-  first_row = {}
+  starts = {}
   for device, index in sharding.devices_indices_map((rows,)).items():
-    start = index[0].start or 0
-    first_row[device.process_index] = min(first_row.get(device.process_index, rows), start)
+    starts.setdefault(device.process_index, []).append(index[0].start or 0)
+  first_row = {}
+  for process, blocks in starts.items():
+    blocks.sort()
+    if blocks != list(range(blocks[0], blocks[0] + len(blocks) * per_device, per_device)):
+      raise ValueError(f"process {process}'s devices are not one run of the mesh's data axis "
+                       f'(their blocks start at rows {blocks}): data kept on the devices needs '
+                       'them to be; use data.residency=host or stream')
+    first_row[process] = blocks[0]
   shard_sizes = [end - start for start, end in (process_range(num_examples, p)
                                                  for p in range(processes))]
   positions = np.concatenate([first_row[p] + np.arange(size)
@@ -203,9 +234,11 @@ def to_devices(local: dict, at: Layout, mesh) -> dict:
   rows_here = at.rows // jax.process_count()
 
   def place(array):
-    padded = np.zeros((rows_here, *array.shape[1:]), array.dtype)
-    padded[:len(array)] = array
-    return jax.make_array_from_process_local_data(sharding, padded, (at.rows, *array.shape[1:]))
+    if len(array) != rows_here:
+      padded = np.zeros((rows_here, *array.shape[1:]), array.dtype)
+      padded[:len(array)] = array
+      array = padded
+    return jax.make_array_from_process_local_data(sharding, array, (at.rows, *array.shape[1:]))
   return {key: place(np.asarray(value)) for key, value in local.items()}
 
 
