@@ -113,7 +113,9 @@ class ResidentFeed:
     return chunking.frozen_in_chunks(self.model, boundary, self.frozen_chunk, self.mesh.size)
 
   def training_view(self, first_trained: int) -> 'ResidentFeed':
-    """This feed with the `apply_fn` a phase trains with (see `feeds.ImageFeed`)."""
+    """This feed with the `apply_fn` a phase trains with (see `feeds.ImageFeed`); the training
+    split is decoded now, with the phase's set-up, not within its first step."""
+    self.split('train')
     feed = copy.copy(self)
     feed.apply_fn = self.frozen_in_chunks(first_trained)
     return feed

@@ -81,6 +81,10 @@ def memory_budgets(share: float) -> tuple[float, float, bool]:
   return float(budgets[0]), float(budgets[1]), on_cpu
 
 
+def _size(nbytes: float) -> str:
+  return f'{nbytes / 1e9:.2f} GB' if nbytes >= 1e8 else f'{nbytes / 1e6:.1f} MB'
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
   where: str  # 'device', 'host' or 'stream'
@@ -114,10 +118,10 @@ def choose(residency: str, examples: int, image_size: int, devices: int, memory_
   per_device = -(-examples // devices) * image_bytes(image_size)
   per_process = -(-examples // jax.process_count()) * image_bytes(image_size)
   device_budget, host_budget, on_cpu = memory_budgets(memory_share)
-  sizes = (f'{per_device / 1e9:.2f} GB per device, budget {device_budget / 1e9:.2f} GB '
+  sizes = (f'{_size(per_device)} per device, budget {_size(device_budget)} '
            f'(data.memory_share={memory_share:g} of '
            f'{"the available host memory, over the devices" if on_cpu else "free device memory"})')
-  host_sizes = (f'{per_process / 1e9:.2f} GB per process, budget {host_budget / 1e9:.2f} GB '
+  host_sizes = (f'{_size(per_process)} per process, budget {_size(host_budget)} '
                 f'(data.memory_share={memory_share:g} of available host memory)')
   on_devices = per_device <= device_budget and per_process <= host_budget
   if residency == 'device':
@@ -139,7 +143,9 @@ def choose(residency: str, examples: int, image_size: int, devices: int, memory_
                       f'({sizes}) nor in host memory ({host_sizes}), and streaming needs '
                       'TensorFlow, which is not installed')
   logging.warning('The decoded splits fit neither in device memory (%s) nor in host memory (%s): '
-                  'streaming them (decoded every epoch)', sizes, host_sizes)
+                  'streaming them with tf.data (compute.image_cache then decides whether '
+                  'decoded images are kept between epochs: set it to disk or none to keep them '
+                  'out of memory)', sizes, host_sizes)
   return Choice('stream', f'auto: too large for device ({sizes}) and host ({host_sizes})')
 
 
