@@ -182,15 +182,24 @@ def efficientnet_layers(include_top: bool, member: Member, imagenet_rescaling: b
              stage, strides, drop_connect=DROP_CONNECT_RATE * block_number > 0)
       filters_in, strides = filters_out, 1
       block_number += 1
-  add('top_conv', 'conv', features=round_filters(1280, member.width))
-  add('top_bn', 'batch_norm', **BATCH_NORM)
-  add('top_activation', 'activation', activation='swish')
-  add('avg_pool', 'global_avg_pool')
-  if include_top:
-    if member.dropout_rate > 0:
-      add('top_dropout', 'dropout')
-    add('predictions', 'dense', features=classes, activation='softmax')
+  add_top(table, round_filters(1280, member.width), include_top, classes, BATCH_NORM,
+          dropout=member.dropout_rate > 0)
   return table.layers()
+
+
+def add_top(table: TableBuilder, features: int, include_top: bool, classes: int,
+            batch_norm: dict, dropout: bool):
+  """The last layers Keras's EfficientNet and EfficientNetV2 share: a 1x1 convolution to
+  `features`, BatchNorm (`batch_norm`: each family's settings), swish, pooling, and with
+  `include_top` (dropout and) the classifier."""
+  table.add('top_conv', 'conv', features=features)
+  table.add('top_bn', 'batch_norm', **batch_norm)
+  table.add('top_activation', 'activation', activation='swish')
+  table.add('avg_pool', 'global_avg_pool')
+  if include_top:
+    if dropout:
+      table.add('top_dropout', 'dropout')
+    table.add('predictions', 'dense', features=classes, activation='softmax')
 
 
 def imagenet_weights(member: Member, include_top: bool, input_size: int,

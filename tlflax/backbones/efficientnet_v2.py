@@ -9,7 +9,7 @@ ImageNet mean and standard deviation, S, M and L rescale to [-1, 1).
 """
 from typing import NamedTuple
 
-from tlflax.backbones.efficientnet import round_repeats
+from tlflax.backbones.efficientnet import add_top, round_repeats
 from tlflax.backbones.layers import TableBuilder
 from tlflax.backbones.preprocessing import INSIDE_THE_NETWORK
 from tlflax.backbones.registry import Backbone, WeightsFile, register
@@ -191,13 +191,8 @@ def efficientnet_v2_layers(include_top: bool, member: Member, classes: int = 100
              drop_connect=DROP_CONNECT_RATE * block_number > 0)
       input_filters, strides = output_filters, 1
       block_number += 1
-  add('top_conv', 'conv', features=round_filters(1280, member.width))
-  add('top_bn', 'batch_norm', **BATCH_NORM)
-  add('top_activation', 'activation', activation='swish')
-  add('avg_pool', 'global_avg_pool')
-  if include_top:
-    add('top_dropout', 'dropout')
-    add('predictions', 'dense', features=classes, activation='softmax')
+  add_top(table, round_filters(1280, member.width), include_top, classes, BATCH_NORM,
+          dropout=True)
   return table.layers()
 
 
