@@ -306,3 +306,18 @@ def test_the_activation_cache_is_filled_in_place(tiny_run):
   size = cache['activations']['wide'].nbytes
   assert cache['activations']['wide'].shape == (24, 96, 96, 24)
   assert size > 20e6 and peak < 1.3 * size, (peak, size)
+
+
+def test_each_phase_compiles_its_training_step_once(tiny_run, tmp_path, monkeypatch):
+  """The state a phase starts from is laid out on the mesh as the step's outputs are, so the
+  step's second call reuses the program its first compiled (docs/scale.md, "Compilation
+  times"): each phase's jitted step holds one compiled program after its epochs."""
+  from tlflax import train
+  made = []
+
+  def recording(*args, **kwargs):
+    made.append(make_train_step(*args, **kwargs))
+    return made[-1]
+  monkeypatch.setattr(train, 'make_train_step', recording)
+  train_and_evaluate(tiny_run, tmp_path / 'run')
+  assert len(made) == 2 and [step._cache_size() for step in made] == [1, 1]
