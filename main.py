@@ -22,12 +22,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export', 'lr_find'],
+                  'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'],
                   'evaluate: the split to evaluate (per-class report in WORKDIR/evaluation/).')
 flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict, export: the checkpoint to use: '
-                    'latest (the newest that restores), best (by the best_metric the run was '
-                    'trained with, kept besides the latest checkpoints_to_keep) or an epoch.')
+                    'latest (the newest that restores), ema (its average of the weights, '
+                    'train.ema_decay), best (by the best_metric the run was trained with, kept '
+                    'besides the latest checkpoints_to_keep) or an epoch.')
 flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
 flags.DEFINE_string('model', None, 'predict: an exported .tflite file (with its labels.txt) to '
                     'classify with instead of a checkpoint; --config is then optional.')
@@ -40,6 +42,13 @@ flags.DEFINE_enum('quantize', 'none', ['none', 'int8', 'int8_full'],
 flags.DEFINE_string('output', None, 'predict: the CSV file to write (it must not exist); default '
                     'WORKDIR/predictions_<source>.csv, numbered _2, _3, ... rather than replacing '
                     'an earlier one.')
+flags.DEFINE_string('phase', None, 'lr_find: the phase to test (default: the first).')
+flags.DEFINE_list('lr_range', ['1e-7', '1'], 'lr_find: the lowest and highest rate.')
+flags.DEFINE_integer('lr_steps', 100, 'lr_find: the most steps (the test stops earlier when the '
+                     'loss diverges).')
+flags.DEFINE_bool('calibrated', True, 'predict, export: the probabilities divided by the '
+                  'temperature fitted on the validation split (WORKDIR/calibration.json); '
+                  '--nocalibrated gives the raw ones.')
 flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s run although the '
                   'config differs from the one it was made with (e.g. more epochs in the last '
                   'phase). Without it, a difference stops the run, listing the keys. evaluate: '
@@ -54,7 +63,9 @@ for name, what in (('inputs', 'images'), ('model', 'a .tflite file'), ('output',
 MODE_FLAGS = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict', 'export'),
               'inputs': ('predict',), 'model': ('predict',), 'output': ('predict',),
               'formats': ('export',),
-              'quantize': ('export',), 'allow_config_change': ('train', 'evaluate')}
+              'quantize': ('export',), 'allow_config_change': ('train', 'evaluate'),
+              'calibrated': ('predict', 'export'), 'phase': ('lr_find',),
+              'lr_range': ('lr_find',), 'lr_steps': ('lr_find',)}
 
 
 # What an interrupted mode leaves (training says it itself: `train.resume_hint`).
@@ -62,7 +73,8 @@ INTERRUPTED_OUTCOMES = {
     'train': 'run the same command again to resume',
     'evaluate': 'the report is written at the end: run it again',
     'export': 'export/ was not changed',
-    'predict': 'no image was classified yet, so no CSV was written'}
+    'predict': 'no image was classified yet, so no CSV was written',
+    'lr_find': 'the run in the workdir was not changed'}
 
 
 def main(argv):
@@ -70,9 +82,17 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for name, modes in MODE_FLAGS.items():
     if FLAGS[name].present and FLAGS.mode not in modes:
-      raise app.UsageError(f'--{name} is for --mode={" or ".join(modes)}')
+      spelled = f'--[no]{name}' if FLAGS[name].boolean else f'--{name}'
+      raise app.UsageError(f'{spelled} is for --mode={" or ".join(modes)}')
   if FLAGS.model and FLAGS['checkpoint'].present:
     raise app.UsageError('--checkpoint chooses among a workdir\'s checkpoints; --model is a file')
+  if FLAGS.model and FLAGS['calibrated'].present:
+    raise app.UsageError('--[no]calibrated applies to checkpoints; an exported --model keeps the '
+                         'calibration it was exported with (export.json says which)')
+  if FLAGS.model and FLAGS.config is not None and FLAGS.config.get('eval', {}).get(
+      'tta', 'none') != 'none':
+    raise app.UsageError('eval.tta applies to checkpoints; an exported --model classifies each '
+                         'image once')
   if FLAGS.config is None and not FLAGS.model:
     raise app.UsageError('--config is required (except for --mode=predict --model=FILE)')
   if FLAGS.mode == 'predict' and not FLAGS.inputs:
@@ -94,6 +114,13 @@ def main(argv):
                                          FLAGS.allow_config_change, FLAGS.checkpoint)
       print(evaluation.format_report(report, FLAGS.split))
       print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
+    elif FLAGS.mode == 'lr_find':
+      from tlflax import lr_find
+      low, high = lr_find.parse_range(FLAGS.lr_range)
+      result = lr_find.range_test(FLAGS.config, FLAGS.workdir, FLAGS.phase, low, high,
+                                  FLAGS.lr_steps)
+      print(f"suggested learning rate {result['suggestion']:.3g} ({result['stopped']}); wrote "
+            f"{os.path.join(FLAGS.workdir, lr_find.FOLDER)}/")
     elif FLAGS.mode == 'export':
       from tlflax.data import decoders
       if not decoders.tensorflow_installed():
@@ -101,7 +128,7 @@ def main(argv):
                                  'TensorFlow, which is not installed')
       from tlflax.export import exporter
       record = exporter.export(FLAGS.config, FLAGS.workdir, exporter.parse_formats(FLAGS.formats),
-                               FLAGS.checkpoint, FLAGS.quantize)
+                               FLAGS.checkpoint, FLAGS.quantize, FLAGS.calibrated)
       print(exporter.summary(record, os.path.join(FLAGS.workdir, 'export')))
     else:
       output = predict.output_path(FLAGS.workdir, FLAGS.output,
@@ -112,7 +139,7 @@ def main(argv):
                                         settings.batch_size, settings.data.max_pixels, output)
       else:
         rows = predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint,
-                               output)
+                               output, FLAGS.calibrated)
       printed = 0
       try:
         for path, label, probability, _ in rows:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_reference import random_keras_model
 from runs import ROOT, run_main
-from tlflax import backbones, parallel
+from tlflax import backbones, calibration, parallel
 from tlflax.classifier import Classifier, init_variables
 from tlflax.data import transforms
 from tlflax.errors import ConfigError, ExportError
@@ -166,7 +166,7 @@ def test_export_of_the_real_run_gives_its_probabilities_on_400_photos(real_cats_
   apart (the changed classes' margins measured: 0.10 and 0.22), and its accuracy at most 1 point
   below; every float model within 1e-4 of tlflax on 100 of them (the Keras file reloaded in a
   fresh process); predict --model within 0.05 of the checkpoint on all 400 (the images rounded to
-  uint8; 0.0225 measured)."""
+  uint8; 0.0225 measured). The exported probabilities and predict's are the calibrated ones."""
   config, workdir, _ = real_cats_dogs_run
   code, output = run_main(workdir, [f'--config.data.folder={config.data.folder}',
                                     f'--config.model.weights={config.model.weights}'],
@@ -189,7 +189,10 @@ def test_export_of_the_real_run_gives_its_probabilities_on_400_photos(real_cats_
   images = uint8_images(photos, 160)
   labels = np.repeat([0, 1], 200)
   trained = restore_for_inference(config, workdir, parallel.data_mesh())
-  expected = tlflax_probabilities(trained.model, trained.variables, trained.objective, images)
+  # the exports hold the calibration the run fitted (its temperature divides the logits)
+  assert record['temperature'] == calibration.stored(workdir, 'epoch 4')['temperature'] != 1
+  expected = tlflax_probabilities(trained.model, calibration.scaled_head(
+      trained.variables, record['temperature']), trained.objective, images)
   assert len(photos) == 400 and np.mean(expected.argmax(1) == labels) >= 0.95
   check_int8(TFLiteClassifier(folder / 'model_int8.tflite')(images), expected, labels,
              min_agreement=0.985, near_tie=0.3)
@@ -321,3 +324,30 @@ def test_export_and_model_mistakes_are_one_line(tiny_run, tmp_path):
                          (['--mode=predict', '--inputs=x'], '--config is required')):
     code, output = run_main(tmp_path, [], *flags, config_file=None)
     assert code != 0 and message in output and 'Traceback' not in output, output[-2000:]
+
+
+def test_the_average_exports_calibrated_when_chosen(tiny_run, tmp_path):
+  """--checkpoint=ema exports the weights' average with the temperature fitted for it: the TFLite
+  model gives the probabilities of the average's logits divided by that temperature (within
+  1e-4 of tlflax on training images), and export.json says so; --nocalibrated exports the raw
+  head."""
+  from tlflax.train import train_and_evaluate
+  config = tiny_run.copy_and_resolve_references()
+  config.phases.fine_tune.epochs = 0
+  config.train.ema_decay = 0.5
+  workdir = tmp_path / 'run'
+  train_and_evaluate(config, workdir)
+  record = exporter.export(config, workdir, ('tflite',), checkpoint='ema')
+  assert record['source']['weights'] == 'average'
+  assert record['temperature'] == calibration.stored(workdir, 'epoch 1 average')['temperature']
+  assert record['checks']['tflite']['max_abs_difference'] <= 1e-4
+  trained = restore_for_inference(config, workdir, parallel.data_mesh(), 'ema')
+  images = exporter.training_images(config, 8)
+  exported = TFLiteClassifier(workdir / 'export' / 'model.tflite')(images)
+  expected = tlflax_probabilities(trained.model, calibration.scaled_head(
+      trained.variables, record['temperature']), trained.objective, images)
+  np.testing.assert_allclose(exported, expected, atol=1e-4)
+  raw = tlflax_probabilities(trained.model, trained.variables, trained.objective, images)
+  assert np.abs(raw - expected).max() > 1e-3
+  assert exporter.export(config, workdir, ('tflite',), checkpoint='ema',
+                         calibrated=False)['temperature'] is None

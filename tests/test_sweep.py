@@ -206,3 +206,14 @@ def test_the_backbone_sweep_names_registered_backbones_that_pass_the_config_chec
     config = cats_dogs.get_config()
     config.update_from_flattened_dict(trial)
     check_config(config)
+
+
+def test_long_trial_names_are_cut_and_stay_distinct():
+  """Folder names end at 255 bytes: a name over `MAX_NAME` characters is cut and ends in a hash of
+  the whole, so two trials that differ only past the cut keep distinct folders."""
+  from tlflax.sweep.trials import MAX_NAME, names
+  long_value = 'x' * 300
+  cut = names([{'data.augment_ops': long_value + 'a'}, {'data.augment_ops': long_value + 'b'}])
+  assert all(len(name) == MAX_NAME for name in cut) and cut[0] != cut[1]
+  assert cut[0].startswith('augment_ops=xxx')
+  assert names([{'seed': 1}]) == ['seed=1']

@@ -209,6 +209,8 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
                'learning_curves.png', 'predictions.png', 'phases/feature_extraction',
                'phases/fine_tune', 'checkpoints'):
     assert (workdir / name).exists(), name
+  for split in ('validation', 'test'):  # the calibration's reliability diagrams
+    assert Image.open(workdir / 'evaluation' / f'{split}_reliability.png').size == (500, 500)
   assert Image.open(workdir / 'learning_curves.png').size == (800, 800)
   assert Image.open(workdir / 'predictions.png').size[0] == 900  # 3 columns of 3 inches
   saved = json.loads((workdir / 'history.json').read_text())
@@ -220,7 +222,8 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
 
   report = evaluate_checkpoint(tiny_run, workdir)
   assert summary(report) == pytest.approx(history['test'], abs=1e-6)
-  rows = list(predict(tiny_run, workdir, str(Path(tiny_run.data.folder) / 'test')))
+  rows = list(predict(tiny_run, workdir, str(Path(tiny_run.data.folder) / 'test'),
+                      calibrated=False))
   assert len(rows) == 12
   # each row is the final model's own verdict on that file, computed here independently
   final = serialization.msgpack_restore((workdir / 'final_variables.msgpack').read_bytes())
@@ -235,12 +238,20 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
       ['dog', 'cat'] if p > 0.5 else ['cat', 'dog'] for p in p_dog]  # top k = both classes
   np.testing.assert_allclose([top[1][1] for _, _, _, top in rows], np.minimum(p_dog, 1 - p_dog),
                              atol=1e-5)
+  # by default, the probabilities of the logits divided by the temperature the run fitted
+  temperature = json.loads((workdir / 'calibration.json').read_text())['epoch 3']['temperature']
+  assert temperature == history['test']['temperature']
+  calibrated = list(predict(tiny_run, workdir, str(Path(tiny_run.data.folder) / 'test')))
+  p_calibrated = np.asarray(jax.nn.sigmoid(logits[:, 0] / temperature))
+  np.testing.assert_allclose([p for _, _, p, _ in calibrated],
+                             np.maximum(p_calibrated, 1 - p_calibrated), atol=1e-5)
+  assert [label for _, label, _, _ in calibrated] == [label for _, label, _, _ in rows]
   verdicts = {Path(path).name: label for path, label, _, _ in rows}
   assert predicted == [verdicts[p.name] for p in shown]  # the grid shows the model's verdicts
   correct = sum(label == Path(path).parent.name for path, label, _, _ in rows)
   assert correct == round(history['test']['accuracy'] * 12)  # predict agrees with evaluate
   assert correct >= 9  # the two synthetic classes are easy: it learnt them
-  csv = (workdir / 'predictions_checkpoint_latest.csv').read_text().splitlines()
+  csv = (workdir / 'predictions_checkpoint_latest_2.csv').read_text().splitlines()
   assert csv[0] == 'path,label,probability,class_1,probability_1,class_2,probability_2'
   assert len(csv) == 13
   test_folder = Path(tiny_run.data.folder) / 'test'

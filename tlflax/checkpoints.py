@@ -3,14 +3,18 @@
 `WORKDIR/checkpoints/<epoch>/` holds, after every epoch, three items: `model` (params and
 batch_stats: all that evaluation and prediction need), `train` (the whole `TrainState`, optimizer
 included) and `meta` (phase, epoch, class names, config, history), with the epoch's validation
-metrics. Orbax keeps the latest `keep` checkpoints and the best one by the `best_metric`
-(`LatestN` and `BestN` preservation policies); `select` finds 'latest', 'best' or an epoch. At the
+metrics; a run that averages its weights (`train.ema_decay`) adds `ema`, the average's `model`.
+Orbax keeps the latest `keep` checkpoints and the best one by the `best_metric` (`LatestN` and
+`BestN` preservation policies); `select` finds 'latest', 'best' or an epoch. At the
 end of each phase, `WORKDIR/phases/<name>/` keeps that phase's final model. Orbax writes to a
 temporary folder and renames it when complete, so a run killed mid-save leaves the previous
 checkpoint intact. A checkpoint that does not restore (a damaged file) is skipped for the one before
 it (`restore_newest`).
 """
+import ast
 import copy
+import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +29,9 @@ from jax.experimental import multihost_utils
 from tlflax.errors import CheckpointError, ConfigError, RunError
 
 T = TypeVar('T')
-BEST_METRICS = {'val_loss': 'min', 'val_accuracy': 'max'}  # the metrics a best checkpoint uses
+# the metrics a best checkpoint can use (ema_: of the weights' average, `train.ema_decay`)
+BEST_METRICS = {'val_loss': 'min', 'val_accuracy': 'max', 'ema_val_loss': 'min',
+                'ema_val_accuracy': 'max'}
 
 
 class Checkpoints:
@@ -43,25 +49,34 @@ class Checkpoints:
         ocp.checkpoint_managers.BestN(get_metric_fn=self._rank, n=1,
                                       keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
-        self.workdir / 'checkpoints', item_names=('model', 'train', 'meta'),
+        self.workdir / 'checkpoints', item_names=('model', 'ema', 'train', 'meta'),
         options=ocp.CheckpointManagerOptions(
             create=True, preservation_policy=policy,
             # orbax writes a checkpoint's metrics only when it tracks a best one
-            best_fn=lambda metrics: metrics[best_metric], best_mode=BEST_METRICS[best_metric]))
+            best_fn=lambda metrics: metrics.get(best_metric, self._worst),
+            best_mode=BEST_METRICS[best_metric]))
+
+  @property
+  def _worst(self) -> float:
+    """The rank of a checkpoint saved without the best metric (an ema_ metric added since)."""
+    return math.inf if BEST_METRICS[self.best_metric] == 'min' else -math.inf
 
   def _rank(self, metrics: dict) -> tuple:
     """Higher is better: the best metric's value, then the earlier epoch."""
     sign = -1 if BEST_METRICS[self.best_metric] == 'min' else 1
-    return sign * metrics[self.best_metric], -metrics['epoch']
+    return sign * metrics.get(self.best_metric, self._worst), -metrics['epoch']
 
   def save(self, epoch: int, state, meta: dict, metrics: dict):
     """Saves `state` (a `TrainState`) and the JSON-able `meta` as epoch `epoch`, with its
     validation `metrics` (`BEST_METRICS`' keys). Orbax writes in the background, so `meta` is
     copied: later changes to it do not reach this checkpoint."""
+    average = ({} if state.ema_variables is None
+               else {'ema': ocp.args.StandardSave(state.ema_variables)})
     self.manager.save(epoch, args=ocp.args.Composite(
         model=ocp.args.StandardSave(state.variables), train=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(copy.deepcopy(meta))),
-        metrics={**{key: float(metrics[key]) for key in BEST_METRICS}, 'epoch': epoch})
+        meta=ocp.args.JsonSave(copy.deepcopy(meta)), **average),
+        metrics={**{key: float(metrics[key]) for key in BEST_METRICS if key in metrics},
+                 'epoch': epoch})
 
   def epochs(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -97,12 +112,31 @@ class Checkpoints:
     return restored[item]
 
   def restore_state(self, epoch: int, like):
-    """The `TrainState` saved at `epoch`, restored into the structure of `like`."""
+    """The `TrainState` saved at `epoch`, restored into the structure of `like`. A state saved
+    without an average of the weights (by a run without one, or by a tlflax from before
+    `ema_params`) restores into `like` without one."""
+    if like.ema_params is None and 'ema_params' not in self._saved_fields(epoch, 'train'):
+      fields = {name: getattr(like, name) for name in ('step', 'params', 'batch_stats',
+                                                       'opt_state')}
+      return type(like)(**self._restore(epoch, 'train', fields), ema_params=None)
     return self._restore(epoch, 'train', like)
 
-  def restore_model(self, epoch: int, like: dict) -> dict:
-    """`{'params', 'batch_stats'}` saved at `epoch`, in the structure of `like`."""
-    return self._restore(epoch, 'model', like)
+  def _saved_fields(self, epoch: int, item: str) -> set:
+    """The top-level keys of the tree saved as `item` at `epoch` (from orbax's metadata file)."""
+    path = self.manager.directory / str(epoch) / item / '_METADATA'
+    keys = json.loads(path.read_text())['tree_metadata']
+    return {ast.literal_eval(key)[0] for key in keys}
+
+  def restore_model(self, epoch: int, like: dict, average: bool = False) -> dict:
+    """`{'params', 'batch_stats'}` saved at `epoch`, in the structure of `like`; with `average`,
+    those of the weights' average (`train.ema_decay`), which a run without one did not save
+    (`CheckpointError`)."""
+    if not average:
+      return self._restore(epoch, 'model', like)
+    if not (self.manager.directory / str(epoch) / 'ema').is_dir():
+      raise CheckpointError(f'the checkpoint of epoch {epoch} holds no average of the weights: '
+                            'its run had no train.ema_decay')
+    return self._restore(epoch, 'ema', like)
 
   def restore_newest(self, restore: Callable[[int], T],
                      set_aside: bool = False) -> Optional[tuple[int, T]]:

@@ -10,7 +10,7 @@ from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
-from tlflax import backbones, chunking, devices, objectives, optim, param_groups
+from tlflax import backbones, chunking, devices, objectives, optim, param_groups, tta
 from tlflax.checkpoints import BEST_METRICS
 from tlflax.data import augment, image_cache, resident, sources
 from tlflax.errors import ConfigError
@@ -104,6 +104,23 @@ def defaults() -> ml_collections.ConfigDict:
   # every epoch).
   config.data.residency = 'auto'
   config.data.memory_share = 0.5
+  # Mixed pairs of training images with soft targets (`tlflax.mixing`), each example with the
+  # batch's reverse: Beta(alpha, alpha) mixup and cutmix; 0 is off, both on picks one per example.
+  config.data.mixup_alpha = 0.0
+  config.data.cutmix_alpha = 0.0
+
+  config.train = ml_collections.ConfigDict()
+  # Each micro-batch of batch_size adds to the gradient; every accumulate_steps of them make one
+  # optimizer update of their mean (`optax.MultiSteps`): a batch accumulate_steps times larger.
+  config.train.accumulate_steps = 1
+  # An exponential moving average of the trained weights, updated after every optimizer update
+  # (0: none); evaluated each epoch beside them, kept in checkpoints (`--checkpoint=ema`).
+  config.train.ema_decay = 0.0
+
+  config.eval = ml_collections.ConfigDict()
+  # Test-time augmentation in evaluation and prediction (`tlflax.tta`): 'none', 'flip' (2
+  # views) or 'crops' (12); evaluation reports it beside the plain numbers.
+  config.eval.tta = 'none'
 
   config.compute = ml_collections.ConfigDict()
   config.compute.dtype = 'float32'  # or 'bfloat16': mixed precision (parameters stay float32)
@@ -136,7 +153,7 @@ def defaults() -> ml_collections.ConfigDict:
 
   config.checkpoints_to_keep = 3  # the latest N, besides the best
   # The validation metric that picks the best checkpoint and that early stopping watches.
-  config.best_metric = 'val_loss'  # or 'val_accuracy'
+  config.best_metric = 'val_loss'  # or 'val_accuracy'; 'ema_val_loss', 'ema_val_accuracy'
   return config
 
 
@@ -230,6 +247,20 @@ def validate(config: ml_collections.ConfigDict):
                or augment.parse(config.data.augment_ops)),
        'compute.cache_frozen needs data.flip=False, data.rotation_factor=0 and no '
        'data.augment_ops: cached activations cannot be augmented'),
+      (config.data.mixup_alpha >= 0 and config.data.cutmix_alpha >= 0,
+       'data.mixup_alpha and data.cutmix_alpha must be >= 0 (0: off)'),
+      (not config.compute.cache_frozen
+       or not (config.data.mixup_alpha or config.data.cutmix_alpha),
+       'compute.cache_frozen cannot go with data.mixup_alpha or data.cutmix_alpha: cached '
+       'activations hold no images to mix'),
+      (config.eval.tta in tta.MODES,
+       f'eval.tta must be one of {tta.MODES}, got {config.eval.tta!r}'),
+      (config.train.accumulate_steps >= 1,
+       f'train.accumulate_steps must be >= 1, got {config.train.accumulate_steps}'),
+      (0 <= config.train.ema_decay < 1,
+       f'train.ema_decay must be in [0, 1) (0: no average), got {config.train.ema_decay}'),
+      (not config.best_metric.startswith('ema_') or config.train.ema_decay,
+       f'best_metric={config.best_metric!r} ranks the weights\' average: set train.ema_decay'),
   ]
   for ok, message in checks:
     if not ok:
@@ -377,11 +408,12 @@ def _check_phase_values(settings, prefix: str, spec: backbones.Backbone, layers)
 # Settings a resumed run may change without --allow_config_change: they do not change what it
 # computes from here on (the weights file is read only at the start; cached activations and
 # frozen layers in chunks give the result of training on images, on whole batches, to float
-# rounding, which Adam and RMSprop can turn into a step's worth for gradients near 0).
+# rounding, which Adam and RMSprop can turn into a step's worth for gradients near 0; eval.tta
+# adds numbers to the final evaluation only).
 RESUME_SAFE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.cache_limit_gb',
                'compute.cache_frozen', 'compute.platform', 'compute.compilation_cache_dir',
                'compute.image_cache', 'compute.image_cache_limit_gb', 'compute.frozen_chunk',
-               'model.weights')
+               'model.weights', 'eval.tta')
 
 
 def flat(tree: dict, prefix: str = '') -> dict:
@@ -397,7 +429,7 @@ def flat(tree: dict, prefix: str = '') -> dict:
 
 # Settings that do not change what the first phase computes, or that only later phases read.
 _NOT_FIRST_PHASE = ('checkpoints_to_keep', 'compute.prefetch', 'compute.compilation_cache_dir',
-                    'compute.image_cache', 'phase_order', 'phases.')
+                    'compute.image_cache', 'eval.', 'phase_order', 'phases.')
 
 
 def first_phase_settings(config_json: dict) -> dict:

@@ -6,7 +6,9 @@ accuracy, loss, top-5 accuracy above 5 classes, per-class precision, recall, F1 
 macro and weighted averages, and the confusion matrix (rows: true class, columns: predicted).
 `write_report` writes it as `<split>.json`, `<split>_confusion.png` (a heat map with class names)
 and `<split>_mistakes.png` (the most confident mistakes: image, true and predicted class,
-probability).
+probability), and, where the report has a calibration, `<split>_reliability.png` (accuracy
+against confidence before and after temperature scaling). Test-time augmentation's numbers
+('tta') and the calibration's stand beside the plain numbers, which they do not change.
 """
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from sklearn import metrics as sk_metrics
 
-from tlflax import plots
+from tlflax import calibration, plots
+from tlflax import tta as tta_lib
 from tlflax.data import sources
 from tlflax.objectives import TOP_K, Objective
 from tlflax.reports import write_json
@@ -72,14 +75,29 @@ def per_class_report(objective: Objective, logits: np.ndarray, labels: np.ndarra
   return report
 
 
-def evaluate_split(feed, variables: dict, split: str) -> dict:
+def evaluate_split(feed, variables: dict, split: str, tta: str = 'none',
+                   temperature=None) -> dict:
   """The per-class report of `split` through `feed` (an `ImageFeed`); each mistake also names
-  its example (`Source.locate`: a file path, or the TFDS slice that reads it)."""
+  its example (`Source.locate`: a file path, or the TFDS slice that reads it). Beside the plain
+  numbers: with `tta` (`tlflax.tta`), 'tta' holds the split's numbers on the views' mean
+  probabilities; with a `temperature` (a number, or 'fit' to fit one on this split), 'calibration'
+  holds NLL and ECE before and after it (`tlflax.calibration`)."""
   logits, labels = collect_logits(feed.logits_step, variables, feed.evaluation(split))
   source = feed.splits[split]
   report = per_class_report(feed.objective, logits, labels, source.class_names)
   for mistake in report['most_confident_mistakes']:
     mistake['example'] = source.locate(mistake['index'])
+  if temperature == 'fit':
+    temperature = calibration.fit_temperature(feed.objective, logits, labels, split)
+  if temperature is not None:
+    report['calibration'] = calibration.calibration_report(feed.objective, logits, labels,
+                                                           temperature)
+  if tta != 'none':
+    step = tta_lib.make_tta_logits_step(feed.apply_fn, feed.objective, tta, feed.mesh,
+                                        feed.input_key)
+    tta_logits, _ = collect_logits(step, variables, feed.evaluation(split))
+    report['tta'] = {'views': tta, **summary(per_class_report(feed.objective, tta_logits, labels,
+                                                              source.class_names))}
   return report
 
 
@@ -91,6 +109,9 @@ def write_report(report: dict, feed, split: str, out_dir: Path):
   plots.confusion_matrix(np.asarray(report['confusion_matrix']), source.class_names,
                          f'{split}: confusion matrix ({report["count"]} examples)',
                          out_dir / f'{split}_confusion.png')
+  if 'calibration' in report:
+    plots.reliability_diagram(report['calibration'], f'{split}: reliability',
+                              out_dir / f'{split}_reliability.png')
   mistakes = report['most_confident_mistakes']
   images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
                              feed.config.max_pixels)
@@ -101,9 +122,18 @@ def write_report(report: dict, feed, split: str, out_dir: Path):
 
 
 def summary(report: dict) -> dict:
-  """The split-level numbers of a report (what history.json and test_metrics.json hold)."""
-  return {key: report[key] for key in ('loss', 'accuracy', f'top{TOP_K}_accuracy', 'count')
-          if key in report}
+  """The split-level numbers of a report (what history.json and test_metrics.json hold), with
+  test-time augmentation's accuracy and the calibration's temperature and ECEs where it has
+  them."""
+  numbers = {key: report[key] for key in ('loss', 'accuracy', f'top{TOP_K}_accuracy', 'count')
+             if key in report}
+  if 'tta' in report:
+    numbers.update(tta_views=report['tta']['views'], tta_loss=report['tta']['loss'],
+                   tta_accuracy=report['tta']['accuracy'])
+  if 'calibration' in report:
+    numbers.update({key: report['calibration'][key]
+                    for key in ('temperature', 'ece_before', 'ece_after')})
+  return numbers
 
 
 def format_report(report: dict, split: str) -> str:

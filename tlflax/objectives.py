@@ -3,8 +3,11 @@
 Two classes keep the tutorial: one logit and sigmoid binary cross-entropy (Keras
 `BinaryCrossentropy(from_logits=True)`). More classes, or `head='softmax'` for two: one logit per
 class and softmax cross-entropy with integer labels (Keras
-`SparseCategoricalCrossentropy(from_logits=True)`). Label smoothing is Keras's `label_smoothing=`
-(targets `y (1 - s) + s / 2` for the sigmoid, `optax.smooth_labels` for softmax). Class weights
+`SparseCategoricalCrossentropy(from_logits=True)`). Soft targets (mixup and cutmix, see
+`tlflax.mixing`) replace the labels in the loss: Keras's `BinaryCrossentropy` against the second
+class's share, `CategoricalCrossentropy` against the whole target. Label smoothing is Keras's
+`label_smoothing=` (targets `y (1 - s) + s / 2` for the sigmoid, `optax.smooth_labels` for
+softmax), on hard and soft targets alike. Class weights
 scale each training example's loss by its class's weight, and the sum is divided by the number of
 examples, as Keras's `fit(class_weight=...)` does; evaluation losses are unweighted (Keras's
 `evaluate` takes no class weights), label smoothing included as in Keras. Accuracies are never
@@ -35,18 +38,22 @@ class Objective:
     """The head's width: 1 for the sigmoid head, else the number of classes."""
     return 1 if self.sigmoid else self.num_classes
 
-  def losses(self, logits, labels):
-    """Per-example cross-entropy of (b, outputs) logits against integer labels (unweighted)."""
+  def losses(self, logits, labels, targets=None):
+    """Per-example cross-entropy of (b, outputs) logits against integer labels, or against soft
+    `targets` ((b, num_classes) class probabilities, `tlflax.mixing`) where given (unweighted)."""
     if self.sigmoid:
-      targets = labels.astype(jnp.float32)
+      positive = (labels.astype(jnp.float32) if targets is None
+                  else targets[:, 1].astype(jnp.float32))
       if self.label_smoothing:
-        targets = targets * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-      return optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
+        positive = positive * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+      return optax.sigmoid_binary_cross_entropy(logits[:, 0], positive)
+    if targets is None and not self.label_smoothing:
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if targets is None:
+      targets = jax.nn.one_hot(labels, self.num_classes)
     if self.label_smoothing:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes),
-                                    self.label_smoothing)
-      return optax.softmax_cross_entropy(logits, targets)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      targets = optax.smooth_labels(targets, self.label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
   def predictions(self, logits):
     """The predicted class of each example."""
@@ -62,15 +69,26 @@ class Objective:
       logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
     return jax.nn.softmax(logits, axis=-1)
 
+  def logits_of(self, probabilities):
+    """Logits in the head's form whose `probabilities` are `probabilities` ((b, num_classes)):
+    log-odds of the second class for the sigmoid head, log-probabilities for softmax (each
+    probability at least 1e-30, so that none is infinite)."""
+    logs = jnp.log(jnp.maximum(probabilities, 1e-30))
+    if self.sigmoid:
+      return logs[:, 1:] - logs[:, :1]
+    return logs
+
   def metric_sums(self, logits, batch, weighted: bool = False) -> dict:
-    """Sums over the real (mask True) examples of `batch`: 'loss' (class-weighted if `weighted`
-    and the objective has class weights), 'correct' and, above `TOP_K` classes, 'correct_top_k';
-    and their 'count'."""
-    labels = batch['label']
+    """Sums over the real (mask True) examples of `batch`: 'loss' (against its soft 'target'
+    where it has one; class-weighted if `weighted` and the objective has class weights, a soft
+    target's weight its mix of its classes' weights), 'correct' and, above `TOP_K` classes,
+    'correct_top_k'; and their 'count'."""
+    labels, targets = batch['label'], batch.get('target')
     mask = batch['mask'].astype(jnp.float32)
-    losses = self.losses(logits, labels)
+    losses = self.losses(logits, labels, targets)
     if weighted and self.class_weights is not None:
-      losses = losses * jnp.asarray(self.class_weights, jnp.float32)[labels]
+      weights = jnp.asarray(self.class_weights, jnp.float32)
+      losses = losses * (weights[labels] if targets is None else targets @ weights)
     correct = (self.predictions(logits) == labels).astype(jnp.float32)
     sums = {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
             'count': jnp.sum(mask)}

@@ -9,8 +9,10 @@ part of the optimizer state, so a resumed run carries on where it stopped. Clipp
 norm, when asked for, sees the gradients of all groups together.
 """
 import re
+from typing import Optional
 
 import jax
+import numpy as np
 import optax
 
 from tlflax.param_groups import FROZEN, multiplier_of
@@ -80,12 +82,19 @@ def base_optimizer(settings, learning_rate) -> optax.GradientTransformation:
   return optax.sgd(learning_rate, momentum=momentum, nesterov=settings.nesterov)
 
 
-def make_optimizer(settings, groups: dict, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(settings, groups: dict, steps_per_epoch: int, accumulate_steps: int = 1,
+                   schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
   """The phase's transformation for parameters labelled by `groups` (`tlflax.param_groups`). A
   constant rate without warmup is passed as a number, so the optimizer keeps no step count for
-  it (the tutorial's optimizer state, exactly)."""
-  constant = settings.schedule.name == 'constant' and not warmup_steps(settings, steps_per_epoch)
-  schedule = make_schedule(settings, steps_per_epoch)
+  it (the tutorial's optimizer state, exactly). With `accumulate_steps` > 1 it is wrapped in
+  `optax.MultiSteps`, which updates with the mean gradient of that many steps; the schedule
+  still counts steps (an update takes the rate of its first step, `update_learning_rates`). A
+  `schedule` given replaces the phase's (`tlflax.lr_find`)."""
+  constant = (schedule is None and settings.schedule.name == 'constant'
+              and not warmup_steps(settings, steps_per_epoch))
+  by_step = schedule or make_schedule(settings, steps_per_epoch)
+  schedule = by_step if accumulate_steps == 1 else (
+      lambda updates: by_step(updates * accumulate_steps))
 
   def rate(multiplier):
     if constant:
@@ -96,5 +105,15 @@ def make_optimizer(settings, groups: dict, steps_per_epoch: int) -> optax.Gradie
                 for label in set(jax.tree.leaves(groups)) - {FROZEN}}
   tx = optax.multi_transform({**transforms, FROZEN: optax.set_to_zero()}, groups)
   if settings.clip_norm:
-    return optax.chain(optax.clip_by_global_norm(settings.clip_norm), tx)
+    tx = optax.chain(optax.clip_by_global_norm(settings.clip_norm), tx)
+  if accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, accumulate_steps).gradient_transformation()
   return tx
+
+
+def update_learning_rates(schedule: optax.Schedule, steps: np.ndarray,
+                          accumulate_steps: int = 1) -> np.ndarray:
+  """The rate of `schedule` at which each of a phase's `steps` (0-based) contributes to an
+  update."""
+  first = (steps // accumulate_steps) * accumulate_steps
+  return np.broadcast_to(schedule(first), steps.shape)

@@ -1,4 +1,5 @@
-"""Figures: learning curves across phases, image grids, confusion matrix, sweep results."""
+"""Figures: learning curves across phases, image grids, confusion matrix, reliability diagram,
+sweep results."""
 import matplotlib
 
 matplotlib.use('Agg')
@@ -82,6 +83,45 @@ def confusion_matrix(matrix, class_names, title: str, path):
       axis.text(column, row, str(count), ha='center', va='center',
                 color='white' if count > threshold else 'black')
   axis.set_title(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def reliability_diagram(report: dict, title: str, path):
+  """Accuracy against confidence per bin, before and after temperature scaling
+  (`tlflax.calibration.calibration_report`), with the diagonal of perfect calibration."""
+  figure, axis = plt.subplots(figsize=(5, 5))
+  axis.plot([0, 1], [0, 1], color='grey', linestyle='--', label='perfectly calibrated')
+  for key, label in (('before', 'raw'), ('after', f"temperature {report['temperature']:.2f}")):
+    bins = report[f'bins_{key}']
+    axis.plot([b['confidence'] for b in bins], [b['accuracy'] for b in bins], marker='o',
+              label=f"{label} (ECE {report[f'ece_{key}']:.3f})")
+  axis.set_xlim(0, 1)
+  axis.set_ylim(0, 1)
+  axis.set_xlabel('confidence (probability of the predicted class)')
+  axis.set_ylabel('accuracy')
+  axis.set_title(title)
+  axis.legend(loc='upper left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def lr_find_curve(result: dict, title: str, path):
+  """The range test's loss (raw and smoothed) against the learning rate, the suggestion marked
+  (`tlflax.lr_find`)."""
+  figure, axis = plt.subplots(figsize=(6, 4))
+  kept = [(r, loss) for r, loss in zip(result['rates'], result['losses']) if loss is not None]
+  axis.plot(*zip(*kept), color='lightgrey', label='loss')
+  axis.plot([r for r, _ in kept], result['smoothed'], label='smoothed')
+  axis.axvline(result['suggestion'], color='red', linestyle='--',
+               label=f"suggested {result['suggestion']:.2g}")
+  axis.set_xscale('log')
+  axis.set_xlabel('learning rate')
+  axis.set_ylabel('training loss')
+  axis.set_title(title)
+  axis.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

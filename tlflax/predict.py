@@ -19,13 +19,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from tlflax import chunking, interrupts, parallel
+from tlflax import calibration, chunking, interrupts, parallel, tta
 from tlflax.classifier import backbone_layers
 from tlflax.data import decoders
 from tlflax.data.folders import IMAGE_EXTENSIONS, printable, too_large
 from tlflax.errors import DataError, ExportError
 from tlflax.objectives import TOP_K
-from tlflax.run_parts import check_config, restore_for_inference
+from tlflax.run_parts import check_config, restore_for_inference, temperature_for
 from tlflax.workdir import writable
 
 
@@ -152,26 +152,34 @@ def _rows(paths, probabilities, class_names, k: int) -> list[tuple]:
 
 
 def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
-            output: Optional[str] = None) -> Iterator[tuple]:
+            output: Optional[str] = None, calibrated: bool = True) -> Iterator[tuple]:
   """Yields (path, class name, probability, [(class, probability)] top k) for each readable image
-  of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best'
-  or an epoch: `restore_for_inference`) `batch_size` at a time, and writes the rows as they come
-  to `output_path(workdir, output, 'checkpoint_<checkpoint>')`."""
+  of `inputs`, k = min(5, classes), classified with a checkpoint of the workdir ('latest', 'best',
+  'ema' or an epoch: `restore_for_inference`) `batch_size` at a time, and writes the rows as they
+  come to `output_path(workdir, output, 'checkpoint_<checkpoint>')`. The probabilities are the
+  `calibrated` ones (`run_parts.temperature_for`) and the mean over `eval.tta`'s views."""
   check_config(config)
-  trained = restore_for_inference(config, workdir, parallel.data_mesh(), checkpoint)
+  mesh = parallel.data_mesh()
+  trained = restore_for_inference(config, workdir, mesh, checkpoint)
+  temperature = temperature_for(config, workdir, trained, mesh) if calibrated else None
+  variables = (trained.variables if temperature is None
+               else calibration.scaled_head(trained.variables, temperature))
   chunk = chunking.resolve(config.compute.frozen_chunk)  # the images go to one device
   apply = jax.jit(chunking.frozen_in_chunks(trained.model, len(backbone_layers(trained.model)),
                                             chunk))
+  preprocessing = trained.model.spec.preprocessing
+
+  def probabilities(images):
+    scaled = preprocessing(images.astype(np.float32))
+    shown = [scaled] if config.eval.tta == 'none' else tta.views(scaled, config.eval.tta)
+    return sum(trained.objective.probabilities(apply(variables, view))
+               for view in shown) / len(shown)
   paths = list_images(inputs)
   # rounded to uint8 as the data kept in memory for training and evaluation is
   batches = _image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
                            rounded=True)
-  preprocessing = trained.model.spec.preprocessing
   yield from _classified(
-      batches, len(paths),
-      lambda images: trained.objective.probabilities(apply(
-          trained.variables, preprocessing(images.astype(np.float32)))),
-      trained.class_names, config.batch_size,
+      batches, len(paths), probabilities, trained.class_names, config.batch_size,
       output_path(workdir, output, source_name(None, checkpoint)))
 
 

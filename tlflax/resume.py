@@ -53,7 +53,7 @@ def restore_or_initialize(run, first_phase_from=None) -> Position:
     if done < phase.settings.epochs:  # mid-phase: the optimizer state too
       _, tx = run.optimizer(phase)
       state = run.checkpoints.restore_state(
-          epoch, jax.eval_shape(lambda: TrainState.create(run.abstract, tx)))
+          epoch, jax.eval_shape(lambda abstract: run.new_state(abstract, tx, 0), run.abstract))
       return Position(epoch, meta['step'], state.variables, meta['history'], state), changed
     return Position(epoch, meta['step'], run.checkpoints.restore_model(epoch, run.abstract),
                     meta['history']), changed
@@ -161,7 +161,11 @@ def _check_resume(run, meta: dict, epoch: int, changed: dict) -> tuple[Phase, in
     structural.add('model.head')
   if done < phase.settings.epochs and not ended_early(meta['history'], phase):
     # mid-phase, the optimizer state and the schedule's step count carry on
-    structural |= {'batch_size', *(f'phases.{phase.name}.{key}' for key in STATE_SHAPING)}
+    structural |= {'batch_size', 'train.accumulate_steps',
+                   *(f'phases.{phase.name}.{key}' for key in STATE_SHAPING)}
+    old_decay, new_decay = changed.get('train.ema_decay', (0.0, 0.0))
+    if bool(old_decay) != bool(new_decay):  # the state holds an average, or not
+      structural.add('train.ema_decay')
   blocking = sorted(key for key in changed
                     if key in structural or key.rsplit('.', 1)[0] in structural)
   if blocking:

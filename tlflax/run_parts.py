@@ -12,15 +12,34 @@ from absl import logging
 
 from tlflax import checkpoints as checkpoints_lib
 from tlflax import config as config_lib
-from tlflax import backbones, chunking, devices, feeds, objectives, parallel, resume
+from tlflax import backbones, calibration, chunking, devices, evaluation, feeds, objectives
+from tlflax import parallel, resume
 from tlflax import workdir as workdir_lib
 from tlflax.classifier import Classifier, abstract_variables
 from tlflax.data import augment, decoders, resident, sources
 from tlflax.data.image_cache import ImageCache
 from tlflax.data.batching import PipelineConfig
 from tlflax.errors import ConfigError, DataError
+from tlflax.mixing import Mixing
 from tlflax.objectives import Objective
 from tlflax.resident_feed import ResidentFeed
+
+
+# Settings that decide which examples each split holds (of an image folder: its path and the
+# seed, which carves the splits it lacks).
+SPLIT_KEYS = ('seed', 'data.folder', 'data.tfds_name', 'data.split_scheme', 'data.image_feature',
+              'data.label_feature')
+FOLDER_SPLIT_KEYS = ('seed', 'data.folder')
+
+
+def data_differences(trained: dict, config) -> dict:
+  """{key: (trained, now)} of the split-deciding settings (`SPLIT_KEYS`) where the config
+  differs from a run's config as JSON `trained`."""
+  now = resume.config_as_json(config)
+  keys = (FOLDER_SPLIT_KEYS if trained.get('data', {}).get('folder') and now['data']['folder']
+          else SPLIT_KEYS)
+  return {key: values for key, values in config_lib.differences(trained, now).items()
+          if key in keys}
 
 
 def make_model(config, objective: Objective) -> Classifier:
@@ -72,6 +91,11 @@ def make_objective(config, class_names, train_counts=None) -> Objective:
   return Objective(len(class_names), sigmoid, config.loss.label_smoothing, weights)
 
 
+def mixing_of(config) -> Mixing:
+  """The config's mixup and cutmix (`tlflax.mixing`), which the train step applies."""
+  return Mixing(config.data.mixup_alpha, config.data.cutmix_alpha)
+
+
 def pipeline_config(config) -> PipelineConfig:
   return PipelineConfig(image_size=config.image_size, batch_size=config.batch_size,
                         shuffle_buffer=config.data.shuffle_buffer, flip=config.data.flip,
@@ -110,12 +134,18 @@ class Trained:
   objective: Objective
   config: dict  # the config it was trained with, as JSON
   epoch: int  # the global epoch of its checkpoint
+  average: bool = False  # the checkpoint's average of the weights (`train.ema_decay`)
+
+  @property
+  def calibration_key(self) -> str:
+    return calibration.source_key(self.epoch, self.average)
 
 
 def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> Trained:
   """A checkpoint of the workdir, with the class names it was trained on: `checkpoint` is
-  'latest' (the newest that restores), 'best' (by the `best_metric` the run was trained with,
-  which chose the checkpoint it kept) or an epoch."""
+  'latest' (the newest that restores), 'ema' (the newest one's average of the weights,
+  `train.ema_decay`), 'best' (by the `best_metric` the run was trained with, which chose the
+  checkpoint it kept; the average's weights where that metric is the average's) or an epoch."""
   devices.prepare(config.compute, config.batch_size, enforce_platform=False)
   if not Path(workdir).is_dir():
     what = 'is a file' if Path(workdir).exists() else 'does not exist'
@@ -133,6 +163,7 @@ def restore_for_inference(config, workdir, mesh, checkpoint: str = 'latest') -> 
 
 
 def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
+  average = checkpoint == 'ema'  # the newest checkpoint's average of the weights
   if checkpoint == 'best':
     _, trained_metric = checkpoints.restore_newest(lambda epoch: resume.checkpoint_meta(
         checkpoints, epoch)['config'].get('best_metric', 'val_loss'))
@@ -140,7 +171,8 @@ def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
       logging.warning('The best checkpoint is the best by %s, the run\'s best_metric (the config '
                       'says %s)', trained_metric, config.best_metric)
     checkpoints.best_metric = trained_metric
-  chosen = checkpoints.select(checkpoint)
+    average = trained_metric.startswith('ema_')  # the best average: its weights
+  chosen = checkpoints.select('latest' if average and checkpoint == 'ema' else checkpoint)
 
   def restore(epoch):
     meta = resume.checkpoint_meta(checkpoints, epoch)
@@ -155,10 +187,46 @@ def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
                           f"{trained.get(key, 'auto')}; the config has "
                           f'{config.model[key]}')
     model = make_model(config, objective)
-    variables = checkpoints.restore_model(epoch, abstract_variables(model, config.image_size))
-    return Trained(model, variables, list(meta['class_names']), objective, meta['config'], epoch)
+    variables = checkpoints.restore_model(epoch, abstract_variables(model, config.image_size),
+                                          average)
+    return Trained(model, variables, list(meta['class_names']), objective, meta['config'], epoch,
+                   average)
 
   if chosen is None:
     return checkpoints.restore_newest(restore)[1]
   return checkpoints.restore_epoch(chosen, restore,
                                    '--checkpoint=latest uses the newest that does')
+
+
+def temperature_for(config, workdir, trained: Trained, mesh, feed=None) -> Optional[float]:
+  """The calibration temperature of `trained`'s weights: the one the workdir keeps for them
+  (`tlflax.calibration`), or one fitted now on the validation split of the training run's data
+  (through `feed`, or a feed made here) and kept. None, with a warning saying why, where none can
+  be fitted: the config's data is not the training run's, cannot be read, or its validation split
+  cannot be fitted on."""
+  entry = calibration.stored(workdir, trained.calibration_key, trained.variables)
+  if entry is not None:
+    return entry['temperature']
+  other = data_differences(trained.config, config)
+  try:
+    if other:
+      raise DataError(f'the config\'s data differs from the training run\'s '
+                      f'({resume.listing(other)}), so its validation split cannot be fitted on')
+    feed = feed or image_feed(config, trained.model, trained.objective, load_splits(config),
+                              mesh)
+    logits, labels = evaluation.collect_logits(feed.logits_step, trained.variables,
+                                               feed.evaluation('validation'))
+    temperature = calibration.fit_temperature(trained.objective, logits, labels)
+  except (DataError, ConfigError) as e:
+    logging.warning('The probabilities of the weights of epoch %d%s are not calibrated: %s',
+                    trained.epoch, ' (average)' if trained.average else '', e)
+    return None
+  report = calibration.calibration_report(trained.objective, logits, labels, temperature)
+  calibration.store(workdir, trained.calibration_key, {
+      'fitted_on': 'validation', 'examples': int(len(labels)),
+      'weights': calibration.fingerprint(trained.variables),
+      **{key: value for key, value in report.items() if not key.startswith('bins')}})
+  logging.info('Calibration: temperature %.3f fitted on the validation split (NLL %.4f -> %.4f, '
+               'ECE %.4f -> %.4f)', temperature, report['nll_before'], report['nll_after'],
+               report['ece_before'], report['ece_after'])
+  return temperature

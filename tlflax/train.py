@@ -49,8 +49,9 @@ from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
-from tlflax.run_parts import (check_config, image_feed, load_splits, make_model, make_objective,
-                              restore_for_inference)
+from tlflax.run_parts import (Trained, check_config, data_differences, image_feed,
+                              load_splits, make_model, make_objective, mixing_of,
+                              restore_for_inference, temperature_for)
 from tlflax.steps import TrainState, make_train_step
 
 IMAGE_CACHE_FOLDER = 'image_cache'  # in the workdir: decoded images above the memory limit
@@ -138,16 +139,32 @@ class Run:
         self.abstract['params'], layers,
         config_lib.fine_tune_index(phase.settings, self.model.spec, layers),
         phase.settings.param_groups)
-    return groups, optim.make_optimizer(phase.settings, groups, self.image_feed.steps_per_epoch)
+    return groups, optim.make_optimizer(phase.settings, groups, self.image_feed.steps_per_epoch,
+                                        self.config.train.accumulate_steps)
 
-  def check_warmups(self):
-    """`ConfigError` if a phase's warmup is longer than the phase (which needs the data's steps
-    per epoch, so the config check cannot tell)."""
+  def new_state(self, variables: dict, tx, step: int) -> TrainState:
+    """A phase's first state (with the weights' average if `train.ema_decay` asks for one)."""
+    return TrainState.create(variables, tx, step, ema=self.config.train.ema_decay > 0)
+
+  def check_steps(self):
+    """`ConfigError` if a phase's warmup is longer than the phase, or a phase with epochs has
+    fewer steps than `train.accumulate_steps` (no update at all); a warning where a phase's last
+    steps make no whole update (which needs the data's steps per epoch, so the config check
+    cannot tell)."""
     steps = self.image_feed.steps_per_epoch
+    accumulate = self.config.train.accumulate_steps
     for phase in phase_plan(self.config):
-      if optim.warmup_steps(phase.settings, steps) > phase.settings.epochs * steps:
+      total = phase.settings.epochs * steps
+      if optim.warmup_steps(phase.settings, steps) > total:
         raise ConfigError(f'phases.{phase.name}.schedule: the warmup is longer than the phase '
                           f'({phase.settings.epochs} epochs of {steps} steps)')
+      if 0 < total < accumulate:
+        raise ConfigError(f'train.accumulate_steps={accumulate} is more than the {total} steps '
+                          f'of phase {phase.name}: it would make no update')
+      if total % accumulate:
+        logging.warning('Phase %s has %d steps: its last %d add to no update '
+                        '(train.accumulate_steps=%d)', phase.name, total, total % accumulate,
+                        accumulate)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
@@ -193,7 +210,7 @@ def resume_hint(workdir, trained: bool = False) -> str:
 
 
 def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
-  run.check_warmups()
+  run.check_steps()
   with interrupts.during('the start of the run'):
     position = resume.restore_or_initialize(run, first_phase_from)
   if run.primary:  # a start that the workdir's run accepted
@@ -212,8 +229,18 @@ def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
   run.checkpoints.close()
   history = position.history
   with interrupts.during(FINAL_EVALUATION):
+    temperature = None
+    if history['epochs']:  # the weights of the last checkpoint
+      temperature = temperature_for(run.config, run.workdir, Trained(
+          run.model, position.variables, run.class_names, run.objective,
+          resume.config_as_json(run.config), history['epochs'][-1]['epoch']), run.mesh,
+          run.image_feed)
+    about = ({'checkpoint_epoch': history['epochs'][-1]['epoch'], 'weights': 'trained'}
+             if history['epochs'] else {})
     final = {split: evaluate_per_class(run.image_feed, position.variables, split, run.workdir,
-                                      run.primary) for split in ('validation', 'test')}
+                                       run.primary, about, tta=run.config.eval.tta,
+                                       temperature=temperature)
+             for split in ('validation', 'test')}
     history['test'] = evaluation.summary(final['test'])
     variables = parallel.to_host(position.variables)
     if run.primary:
@@ -237,7 +264,7 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
   # replicated over the mesh as the step's outputs are, so that its second call reuses the
   # program its first compiled
   state = position.state or parallel.replicate(
-      TrainState.create(position.variables, tx, position.step), run.mesh)
+      run.new_state(position.variables, tx, position.step), run.mesh)
   settings, history = phase.settings, position.history
   counts = param_groups_lib.count_params(state.params, groups)
   layers = backbone_layers(run.model)
@@ -255,7 +282,7 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
                            param_groups_lib.first_trained_layer(groups, layers))
   _, dropout_rng = run.rngs()
   train_step = make_train_step(feed.apply_fn, tx, groups, run.objective, dropout_rng, run.mesh,
-                               feed.input_key)
+                               feed.input_key, mixing_of(run.config), run.config.train.ema_decay)
   schedule = optim.make_schedule(settings, feed.steps_per_epoch)
   config_json = resume.config_as_json(run.config)  # what each checkpoint records
   mode = checkpoints_lib.BEST_METRICS[run.config.best_metric]
@@ -264,7 +291,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
       phase_steps = np.arange((epoch - phase.first_epoch - 1) * feed.steps_per_epoch,
                               (epoch - phase.first_epoch) * feed.steps_per_epoch)
       # the rate of each of the epoch's steps (a constant schedule gives one number for all)
-      learning_rates = np.broadcast_to(schedule(phase_steps), phase_steps.shape)
+      learning_rates = optim.update_learning_rates(schedule, phase_steps,
+                                                   run.config.train.accumulate_steps)
       state, record = _run_epoch(phase, epoch, state, train_step, feed, learning_rates[-1],
                                  compiles=epoch == position.epoch + 1)
       history['epochs'].append(record)
@@ -314,6 +342,14 @@ def _run_epoch(phase: Phase, epoch: int, state, train_step, feed, learning_rate:
             **{f'val_{key}': value for key, value in validation.items() if key != 'count'},
             'val_images_per_second': validation['count']
                                      / (time.perf_counter() - validation_start)}
+  if state.ema_variables is not None:
+    with interrupts.during(f'the validation of the weights\' average after {where}'):
+      average = _checked(evaluate(feed.eval_step, state.ema_variables,
+                                  feed.evaluation('validation')),
+                         f'validation of the weights\' average after {where}')
+    record.update({f'ema_val_{key}': value for key, value in average.items() if key != 'count'})
+    logging.info('Weights\' average: val_loss %.4f, val_accuracy %.4f', average['loss'],
+                 average['accuracy'])
   logging.info('Epoch %d (%s %d/%d): loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, '
                'learning rate %.3g, %s images/s', epoch, phase.name, phase_epoch,
                phase.settings.epochs, record['loss'], record['accuracy'], record['val_loss'],
@@ -392,22 +428,26 @@ def _finite_training_means(sums: _MetricSums, unread: list, steps: int, where: s
 
 
 def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool,
-                       about: Optional[dict] = None) -> dict:
-  """`evaluation.evaluate_split` of `split` and the entries of `about`, written to
-  WORKDIR/evaluation/ if `write`; a non-finite loss is `TrainingDiverged`."""
-  report = {**_checked(evaluation.evaluate_split(feed, variables, split), f'{split} split'),
-            **(about or {})}
+                       about: Optional[dict] = None, tta: str = 'none',
+                       temperature: Optional[float] = None) -> dict:
+  """`evaluation.evaluate_split` of `split` (with `tta` and `temperature`) and the entries of
+  `about`, written to WORKDIR/evaluation/ if `write`; a non-finite loss is `TrainingDiverged`."""
+  report = {**_checked(evaluation.evaluate_split(feed, variables, split, tta, temperature),
+                       f'{split} split'), **(about or {})}
   if write:
     evaluation.write_report(report, feed, split, Path(workdir) / 'evaluation')
   logging.info('%s: loss %.4f, accuracy %.4f, macro F1 %.4f (%d examples)', split.title(),
                report['loss'], report['accuracy'], report['macro_average']['f1'],
                report['count'])
+  if 'tta' in report:
+    logging.info('%s with test-time augmentation (%s): loss %.4f, accuracy %.4f', split.title(),
+                 tta, report['tta']['loss'], report['tta']['accuracy'])
+  if 'calibration' in report:
+    logging.info('%s calibration (temperature %.3f): ECE %.4f -> %.4f, NLL %.4f -> %.4f',
+                 split.title(), temperature, report['calibration']['ece_before'],
+                 report['calibration']['ece_after'], report['calibration']['nll_before'],
+                 report['calibration']['nll_after'])
   return report
-
-
-# Settings that decide which examples each split holds.
-SPLIT_KEYS = ('seed', 'data.folder', 'data.tfds_name', 'data.split_scheme', 'data.image_feature',
-              'data.label_feature')
 
 
 def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool = False,
@@ -422,8 +462,7 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
   parallel.check_batch_size(config.batch_size, mesh)
   trained = restore_for_inference(config, workdir, mesh, checkpoint)
   workdir_lib.writable(workdir)  # the report goes to WORKDIR/evaluation/
-  changed = {key: values for key, values in config_lib.differences(
-      trained.config, resume.config_as_json(config)).items() if key in SPLIT_KEYS}
+  changed = data_differences(trained.config, config)
   if changed and not other_data:
     raise ConfigError(f'{workdir} was trained with other data settings '
                       f'({resume.listing(changed)}): its splits may overlap the training data. '
@@ -435,5 +474,8 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
     raise DataError(f'{workdir} holds a model of classes {trained.class_names}; the config\'s '
                     f'data has {data_classes}')
   feed = image_feed(config, trained.model, trained.objective, splits, mesh)
+  temperature = temperature_for(config, workdir, trained, mesh, feed)
   return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0,
-                            {'checkpoint_epoch': trained.epoch})
+                            {'checkpoint_epoch': trained.epoch,
+                             'weights': 'average' if trained.average else 'trained'},
+                            config.eval.tta, temperature)

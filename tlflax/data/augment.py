@@ -25,7 +25,9 @@ file is one), and one config entry:
       return images + 255 * shift
 
 A run whose data stays in memory needs the JAX form of each op it names; one that streams, the
-TensorFlow form (`missing`).
+TensorFlow form (`missing`). Built in besides the tutorial's two, in JAX form only (the
+small-data recipe's, docs/small_data.md): `random_resized_crop`, `color_jitter`, `randaugment`
+and `random_erasing`. Arguments go by position or by name: `'color_jitter(hue=0.05)'`.
 """
 import ast
 import inspect
@@ -35,7 +37,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from tlflax.data import image_ops
+from tlflax.data import color_ops, image_ops, randaugment
 from tlflax.errors import ConfigError
 
 OPS = {}  # TensorFlow forms
@@ -90,11 +92,92 @@ def rotate_jax(images, key, factor: float):
                                                      -limit, limit))
 
 
+def _check_range(op: str, name: str, bounds, low: float, high: float):
+  """`ValueError` unless `bounds` is a pair (a, b) with low <= a <= b <= high."""
+  ok = (isinstance(bounds, (tuple, list)) and len(bounds) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        and low <= bounds[0] <= bounds[1] <= high)
+  if not ok:
+    raise ValueError(f'{op}: {name} must be a pair (a, b) with {low:g} <= a <= b <= {high:g}, '
+                     f'got {bounds!r}')
+
+
+def _check_boxes(op: str, scale, ratio, height: int, width: int):
+  """Checks crop or erasing bounds: some box of an area fraction in `scale` and an aspect ratio
+  (width / height) in `ratio` must fit a `height` x `width` image."""
+  _check_range(op, 'scale (area fraction)', scale, 0.0, 1.0)
+  _check_range(op, 'ratio (width / height)', ratio, 0.0, math.inf)
+  if scale[1] <= 0 or ratio[0] <= 0:
+    raise ValueError(f'{op}: scale and ratio must be above 0, got {scale!r}, {ratio!r}')
+  # the smallest area fits at some ratio r when r <= width / (area height) and 1 / r <= ...
+  smallest = scale[0] * height * width
+  fits_low, fits_high = smallest / height ** 2, width ** 2 / smallest
+  if ratio[1] < fits_low or ratio[0] > fits_high:
+    shape = 'a square image' if height == width else f'a {height}x{width} image'
+    raise ValueError(f'{op}: no box of area fraction {scale[0]:g}..{scale[1]:g} with aspect ratio '
+                     f'{ratio[0]:g}..{ratio[1]:g} fits {shape}')
+
+
+@register_jax('random_resized_crop')
+def random_resized_crop(images, key, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Inception-style crop (timm, big_vision): a box of a random area fraction in `scale` and
+  aspect ratio in `ratio` (log-uniform), resized to the image's size; the whole image where 10
+  draws find no box that fits."""
+  _check_boxes('random_resized_crop', scale, ratio, *images.shape[1:3])
+  boxes = image_ops.crop_boxes(key, len(images), *images.shape[1:3], scale, ratio)
+  return image_ops.resized_crops(images, *boxes)
+
+
+@register_jax('color_jitter')
+def color_jitter(images, key, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
+  """`tf.image`'s random brightness (a shift uniform in +-`brightness` of the range), contrast
+  and saturation (factors uniform in [1 - x, 1 + x]) and hue (a turn uniform in +-`hue`), in
+  that order, then clipped to [0, 255]."""
+  for name, value, top in (('brightness', brightness, 1.0), ('contrast', contrast, 1.0),
+                           ('saturation', saturation, 1.0), ('hue', hue, 0.5)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
+      raise ValueError(f'color_jitter: {name} must be in [0, {top:g}], got {value!r}')
+  keys = jax.random.split(key, 4)
+  uniform = lambda k, spread: jax.random.uniform(  # noqa: E731
+      k, (len(images),), minval=-spread, maxval=spread)
+  images = color_ops.adjust_brightness(images, uniform(keys[0], brightness))
+  images = color_ops.adjust_contrast(images, 1.0 + uniform(keys[1], contrast))
+  images = color_ops.adjust_saturation(images, 1.0 + uniform(keys[2], saturation))
+  images = color_ops.adjust_hue(images, uniform(keys[3], hue))
+  return jnp.clip(images, 0.0, 255.0)
+
+
+@register_jax('randaugment')
+def randaugment_jax(images, key, n=2, m=9):
+  """RandAugment: `n` ops per image from the paper's 14, at magnitude `m` (0 to 10;
+  `tlflax.data.randaugment`)."""
+  return randaugment.randaugment(images, key, n, m)
+
+
+@register_jax('random_erasing')
+def random_erasing(images, key, p=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)):
+  """Random erasing (Zhong et al.): with probability `p`, a box of an area fraction in `scale`
+  and aspect ratio in `ratio` filled with uniform random levels; none where 10 draws find no
+  box that fits."""
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    raise ValueError(f'random_erasing: p must be in [0, 1], got {p!r}')
+  _check_boxes('random_erasing', scale, ratio, *images.shape[1:3])
+  box_key, apply_key, noise_key = jax.random.split(key, 3)
+  height, width = images.shape[1:3]
+  top, left, box_height, box_width = image_ops.crop_boxes(box_key, len(images), height, width,
+                                                          scale, ratio)
+  erased = image_ops.in_boxes(height, width, top, left, box_height, box_width)
+  whole = (box_height == height) & (box_width == width) & (scale[1] < 1)  # no box fitted
+  erased &= (jax.random.bernoulli(apply_key, p, (len(images),)) & ~whole)[:, None, None, None]
+  noise = jax.random.uniform(noise_key, images.shape, jnp.float32, 0.0, 255.0)
+  return jnp.where(erased, noise, images)
+
+
 _OP = re.compile(r'^\s*(\w+)\s*(?:\((.*)\))?\s*$')
 
 
 def parse(spec: str) -> list[tuple[str, tuple]]:
-  """`'a|b(0.5, 2)'` -> `[('a', ()), ('b', (0.5, 2))]`, each op registered and its arguments
+  """`'a|b(0.5, c=2)'` -> `[('a', ()), ('b', (0.5, 2))]`, each op registered and its arguments
   fitting its signature; else `ConfigError` naming `data.augment_ops`."""
   ops = []
   for part in filter(str.strip, spec.split('|')):
@@ -107,10 +190,16 @@ def parse(spec: str) -> list[tuple[str, tuple]]:
       raise ConfigError(f'data.augment_ops: unknown op {name!r}; registered: '
                         f'{sorted({*OPS, *JAX_OPS})}')
     try:
-      values = ast.literal_eval(f'({arguments},)') if arguments else ()
-      inspect.signature(OPS.get(name) or JAX_OPS[name]).bind('image', 'seed', *values)
+      call = ast.parse(f'op({arguments})', mode='eval').body
+      bound = inspect.signature(OPS.get(name) or JAX_OPS[name]).bind(
+          'image', 'seed', *map(ast.literal_eval, call.args),
+          **{keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords})
+      bound.apply_defaults()
+      values = bound.args[2:]
     except (ValueError, SyntaxError, TypeError) as e:
-      raise ConfigError(f'data.augment_ops: bad arguments in {part.strip()!r} ({e})') from e
+      why = ('arguments must be plain values: numbers, strings, tuples (write 0.75, not 3/4)'
+             if 'malformed node' in str(e) else str(e))
+      raise ConfigError(f'data.augment_ops: bad arguments in {part.strip()!r} ({why})') from e
     ops.append((name, values))
   return ops
 

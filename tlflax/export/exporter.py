@@ -15,6 +15,7 @@ back after it is written and run on `CHECK_IMAGES` training images that int8 cal
 not use: a float model whose probabilities differ from tlflax's (in full float32 precision) by
 more than `FLOAT_TOLERANCE` stops the export, which then leaves any earlier `export/` as it was.
 """
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -25,12 +26,12 @@ import numpy as np
 from absl import logging
 
 from tlflax import config as config_lib
-from tlflax import interrupts, param_groups, parallel, reports, tracking
+from tlflax import calibration, interrupts, param_groups, parallel, reports, tracking
 from tlflax.classifier import abstract_variables, backbone_layers
 from tlflax.data import sources
 from tlflax.errors import ConfigError, ExportError
 from tlflax.export import keras_model, saved_model, tflite
-from tlflax.run_parts import check_config, load_splits, restore_for_inference
+from tlflax.run_parts import check_config, load_splits, restore_for_inference, temperature_for
 from tlflax.workdir import writable
 
 FORMATS = ('saved_model', 'tflite', 'keras')
@@ -99,9 +100,10 @@ def _replace_folder(new: Path, final: Path):
 
 
 def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
-           quantize: str = 'none') -> dict:
-  """Writes WORKDIR/export/ (see the module) from a checkpoint of the workdir ('latest', 'best'
-  or an epoch) and returns what it wrote to export.json."""
+           quantize: str = 'none', calibrated: bool = True) -> dict:
+  """Writes WORKDIR/export/ (see the module) from a checkpoint of the workdir ('latest', 'best',
+  'ema' or an epoch), its head divided by the weights' temperature where `calibrated`
+  (`run_parts.temperature_for`), and returns what it wrote to export.json."""
   check_config(config)
   if quantize not in QUANTIZATIONS:
     raise ConfigError(f'--quantize must be one of {", ".join(QUANTIZATIONS)}, got {quantize!r}')
@@ -116,6 +118,11 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
   if trained.config['image_size'] != config.image_size:
     raise ConfigError(f'{workdir} was trained at image_size={trained.config["image_size"]}; the '
                       f'config has {config.image_size}: export with the training config')
+  temperature = (temperature_for(config, workdir, trained, parallel.data_mesh()) if calibrated
+                 else None)
+  if temperature is not None:  # the exported probabilities are the calibrated ones
+    trained = dataclasses.replace(
+        trained, variables=calibration.scaled_head(trained.variables, temperature))
   serve = saved_model.serving_function(trained.model, trained.variables, trained.objective)
   images = training_images(
       config, CHECK_IMAGES + (REPRESENTATIVE_IMAGES if quantize != 'none' else 0))
@@ -130,7 +137,7 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
     (out / 'labels.txt').write_text(''.join(f'{name}\n' for name in trained.class_names),
                                     encoding='utf-8')
     record = _record(config, workdir, checkpoint, trained, files, checks, calibrated_on, quantize,
-                     float_from)
+                     float_from, temperature)
     reports.write_json(out / 'export.json', record)
   except BaseException as e:
     shutil.rmtree(out, ignore_errors=True)
@@ -194,7 +201,7 @@ def _check_int8_agreement(agreement: float):
 
 
 def _record(config, workdir, checkpoint: str, trained, files, checks, calibration_images: int,
-            quantize: str, float_from) -> dict:
+            quantize: str, float_from, temperature) -> dict:
   """What export.json says: input and output spec, classes, files, checks and source."""
   return {
       'input': {'name': saved_model.INPUT_NAME, 'dtype': 'uint8',
@@ -204,7 +211,11 @@ def _record(config, workdir, checkpoint: str, trained, files, checks, calibratio
                            + trained.model.spec.preprocessing.description()},
       'output': {'name': saved_model.OUTPUT_NAME, 'dtype': 'float32',
                  'shape': [None, len(trained.class_names)],
-                 'meaning': 'class probabilities, in labels.txt order'},
+                 'meaning': 'class probabilities, in labels.txt order'
+                            + ('' if temperature is None else
+                               f', calibrated: the logits divided by temperature {temperature:.6g}'
+                               ' (fitted on the validation split)')},
+      'temperature': temperature,
       'classes': trained.class_names,
       'files': files,
       'quantize': quantize,
@@ -212,7 +223,8 @@ def _record(config, workdir, checkpoint: str, trained, files, checks, calibratio
       'int8_float_from': float_from,
       'checks': checks,
       'source': {'workdir': str(Path(workdir).resolve()), 'checkpoint': checkpoint,
-                 'epoch': trained.epoch, 'config': trained.config},
+                 'epoch': trained.epoch, 'weights': 'average' if trained.average else 'trained',
+                 'config': trained.config},
       'versions': {name: tracking.package_version(name)
                    for name in ('tlflax', 'jax', 'tensorflow', 'keras')},
       **({'jax_serialization_version': saved_model.serialization_version()}

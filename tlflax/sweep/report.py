@@ -13,6 +13,8 @@ from tlflax import plots
 
 # (column, what it is), for each trial
 METRICS = (('test_accuracy', 'test accuracy'), ('test_loss', 'test loss'),
+           ('val_accuracy', 'validation accuracy after the last epoch'),
+           ('ema_val_accuracy', "the same of the weights' average (train.ema_decay), if kept"),
            ('best_val_accuracy', 'best validation accuracy'),
            ('best_val_loss', 'best validation loss'),
            ('seconds', 'wall time of its phases (s), a shared first phase included'),
@@ -29,6 +31,8 @@ def trial_row(index: int, name: str, overrides: dict, history: dict) -> dict:
       'trial': index, 'name': name, 'setting': setting(overrides),
       'seed': overrides.get('seed', ''),
       'test_accuracy': history['test']['accuracy'], 'test_loss': history['test']['loss'],
+      'val_accuracy': epochs[-1]['val_accuracy'] if epochs else None,
+      'ema_val_accuracy': epochs[-1].get('ema_val_accuracy') if epochs else None,
       'best_val_accuracy': max(e['val_accuracy'] for e in epochs) if epochs else None,
       'best_val_loss': min(e['val_loss'] for e in epochs) if epochs else None,
       'seconds': sum(p['seconds'] for p in history['phases'].values()),

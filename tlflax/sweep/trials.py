@@ -54,9 +54,13 @@ def load_trials(spec: str) -> list[dict]:
   return trials
 
 
+MAX_NAME = 120  # characters of a trial's folder name; a longer one is cut and ends in a hash
+
+
 def names(trials: list[dict]) -> list[str]:
   """Readable, distinct folder names: 'fine_tune_at=50,seed=1' (the last part of each key; whole
-  keys where that is ambiguous); names that would still be equal get their trial index appended."""
+  keys where that is ambiguous), cut to `MAX_NAME` with a hash of the whole where longer; names
+  that would still be equal get their trial index appended."""
   keys = sorted({key for overrides in trials for key in overrides})
   short = {key: key.rsplit('.', 1)[-1] for key in keys}
   if len(set(short.values())) < len(keys):
@@ -64,7 +68,12 @@ def names(trials: list[dict]) -> list[str]:
 
   def name(overrides):
     text = ','.join(f'{short[k]}={overrides[k]}' for k in keys if k in overrides) or 'base'
-    return re.sub(r'[^A-Za-z0-9_.=,+-]', '_', text)
+    text = re.sub(r'[^A-Za-z0-9_.=,+-]', '_', text)
+    if len(text) <= MAX_NAME:
+      return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]  # folder names end at 255 bytes
+    return f'{text[:MAX_NAME - 13]}-{digest}'
+
   plain = [name(overrides) for overrides in trials]
   unique = [f'{n}-{i}' if plain.count(n) > 1 else n for i, n in enumerate(plain)]
   repeated = sorted({n for n in unique if unique.count(n) > 1})
