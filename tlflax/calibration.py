@@ -24,6 +24,7 @@ import numpy as np
 import scipy.optimize
 from absl import logging
 
+from tlflax import parallel
 from tlflax.errors import DataError
 from tlflax.objectives import Objective
 from tlflax.reports import write_json
@@ -104,12 +105,11 @@ def source_key(epoch: int, average: bool) -> str:
 
 
 def fingerprint(variables: dict) -> str:
-  """A hash of the head's parameters (host or replicated arrays), which every training step
+  """A hash of the head's parameters (replicated arrays), which every training step
   changes: an entry of `FILE` counts only for the weights it was fitted on."""
   digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(variables['params']['head']):
-    digest.update(np.ascontiguousarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array)
-                                       else leaf).tobytes())
+  for leaf in jax.tree.leaves(parallel.to_host(variables['params']['head'])):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
   return digest.hexdigest()[:16]
 
 

@@ -80,15 +80,13 @@ def evaluate_split(feed, variables: dict, split: str, tta: str = 'none',
   """The per-class report of `split` through `feed` (an `ImageFeed`); each mistake also names
   its example (`Source.locate`: a file path, or the TFDS slice that reads it). Beside the plain
   numbers: with `tta` (`tlflax.tta`), 'tta' holds the split's numbers on the views' mean
-  probabilities; with a `temperature` (a number, or 'fit' to fit one on this split), 'calibration'
-  holds NLL and ECE before and after it (`tlflax.calibration`)."""
+  probabilities; with a `temperature`, 'calibration' holds NLL and ECE before and after it
+  (`tlflax.calibration`)."""
   logits, labels = collect_logits(feed.logits_step, variables, feed.evaluation(split))
   source = feed.splits[split]
   report = per_class_report(feed.objective, logits, labels, source.class_names)
   for mistake in report['most_confident_mistakes']:
     mistake['example'] = source.locate(mistake['index'])
-  if temperature == 'fit':
-    temperature = calibration.fit_temperature(feed.objective, logits, labels, split)
   if temperature is not None:
     report['calibration'] = calibration.calibration_report(feed.objective, logits, labels,
                                                            temperature)

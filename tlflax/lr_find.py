@@ -31,7 +31,7 @@ from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.phases import phase_plan
 from tlflax.reports import write_json
 from tlflax.run_parts import (check_config, image_feed, load_splits, make_model, make_objective,
-                              mixing_of)
+                              mixing_of, rngs)
 from tlflax.steps import TrainState, make_train_step
 from tlflax.workdir import writable
 
@@ -115,7 +115,7 @@ def _starting_variables(config, model, workdir: Path, plan, index: int, mesh) ->
   """The weights the phase starts from: the pretrained ones for the first phase, else the
   previous phase's final model kept in the workdir."""
   if index == 0:
-    init_rng, _ = jax.random.split(jax.random.key(config.seed))
+    init_rng, _ = rngs(config)
     return parallel.replicate(init_variables(model, config.image_size, init_rng,
                                              config.model.weights), mesh)
   previous = plan[index - 1].name
@@ -171,7 +171,7 @@ def range_test(config, workdir, phase_name: Optional[str] = None, low: float = 1
         (step // accumulate) / max(updates - 1, 1))
     tx = optim.make_optimizer(phase.settings, groups, feed.steps_per_epoch, accumulate, schedule)
     view = feed.training_view(param_groups_lib.first_trained_layer(groups, layers))
-    _, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    _, dropout_rng = rngs(config)
     train_step = make_train_step(view.apply_fn, tx, groups, objective, dropout_rng, mesh,
                                  view.input_key, mixing_of(config))
     result = _run(train_step, parallel.replicate(TrainState.create(variables, tx), mesh), view,

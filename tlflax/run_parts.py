@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 from absl import logging
 
@@ -40,6 +41,11 @@ def data_differences(trained: dict, config) -> dict:
           else SPLIT_KEYS)
   return {key: values for key, values in config_lib.differences(trained, now).items()
           if key in keys}
+
+
+def rngs(config):
+  """(initialization key, dropout key) from the config's seed: training's and lr_find's."""
+  return jax.random.split(jax.random.key(config.seed))
 
 
 def make_model(config, objective: Objective) -> Classifier:
@@ -172,7 +178,7 @@ def _restore_trained(config, workdir, checkpoints, checkpoint: str) -> Trained:
                       'says %s)', trained_metric, config.best_metric)
     checkpoints.best_metric = trained_metric
     average = trained_metric.startswith('ema_')  # the best average: its weights
-  chosen = checkpoints.select('latest' if average and checkpoint == 'ema' else checkpoint)
+  chosen = checkpoints.select('latest' if checkpoint == 'ema' else checkpoint)
 
   def restore(epoch):
     meta = resume.checkpoint_meta(checkpoints, epoch)

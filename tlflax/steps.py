@@ -119,7 +119,9 @@ def make_train_step(apply_fn, tx, param_groups, objective: Objective, dropout_rn
                  out_shardings=replicated)
 
 
-def _jit_evaluation(step, mesh, out_sharding):
+def jit_evaluation(step, mesh, out_sharding):
+  """`step(params, batch_stats, batch)` jitted; with a `mesh`, the batch split over it, the
+  variables replicated and the output laid out by `out_sharding(mesh)`."""
   if mesh is None:
     return jax.jit(step)
   replicated = parallel.replicated(mesh)
@@ -129,11 +131,11 @@ def _jit_evaluation(step, mesh, out_sharding):
 
 def make_eval_step(apply_fn, objective: Objective, mesh=None, input_key='image'):
   """The jit-compiled eval step (batch split over the `mesh`'s devices, if given)."""
-  return _jit_evaluation(functools.partial(eval_step, apply_fn=apply_fn, objective=objective,
+  return jit_evaluation(functools.partial(eval_step, apply_fn=apply_fn, objective=objective,
                                            input_key=input_key), mesh, parallel.replicated)
 
 
 def make_logits_step(apply_fn, mesh=None, input_key='image'):
   """The jit-compiled `logits_step`; its logits stay split over the mesh like the batch."""
-  return _jit_evaluation(functools.partial(logits_step, apply_fn=apply_fn, input_key=input_key),
+  return jit_evaluation(functools.partial(logits_step, apply_fn=apply_fn, input_key=input_key),
                          mesh, parallel.batch_sharding)

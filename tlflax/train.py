@@ -51,7 +51,7 @@ from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
 from tlflax.run_parts import (Trained, check_config, data_differences, image_feed,
                               load_splits, make_model, make_objective, mixing_of,
-                              restore_for_inference, temperature_for)
+                              restore_for_inference, rngs, temperature_for)
 from tlflax.steps import TrainState, make_train_step
 
 IMAGE_CACHE_FOLDER = 'image_cache'  # in the workdir: decoded images above the memory limit
@@ -129,8 +129,8 @@ class Run:
                tracking.Tracker(workdir, primary), primary)
 
   def rngs(self):
-    """(initialization key, dropout key) from the config's seed."""
-    return jax.random.split(jax.random.key(self.config.seed))
+    """(initialization key, dropout key) from the config's seed (`run_parts.rngs`)."""
+    return rngs(self.config)
 
   def optimizer(self, phase: Phase):
     """(parameter groups, optax transformation) of a phase: which parameters train, and how."""

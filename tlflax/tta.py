@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from tlflax import parallel
 from tlflax.data import image_ops
 from tlflax.objectives import Objective
+from tlflax.steps import jit_evaluation
 
 MODES = ('none', 'flip', 'crops')
 CROP = 7 / 8  # side of the 'crops' views, as a fraction of the image's
@@ -50,10 +51,6 @@ def mean_probabilities_logits(params, batch_stats, batch, *, apply_fn, objective
 def make_tta_logits_step(apply_fn, objective: Objective, mode: str, mesh=None, input_key='image'):
   """`mean_probabilities_logits` jitted as `tlflax.steps.make_logits_step` is: its logits stay
   split over the mesh like the batch."""
-  step = functools.partial(mean_probabilities_logits, apply_fn=apply_fn, objective=objective,
-                           mode=mode, input_key=input_key)
-  if mesh is None:
-    return jax.jit(step)
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.batch_sharding(mesh))
+  return jit_evaluation(functools.partial(mean_probabilities_logits, apply_fn=apply_fn,
+                                          objective=objective, mode=mode, input_key=input_key),
+                        mesh, parallel.batch_sharding)
