@@ -28,7 +28,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -168,10 +168,13 @@ class Run:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
-                       allow_config_change: bool = False, first_phase_from=None) -> 'TrainResult':
+                       allow_config_change: bool = False, first_phase_from=None,
+                       after_epoch: Optional[Callable[[dict], None]] = None) -> 'TrainResult':
   """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model.
   `first_phase_from`: a workdir that trained this run's first phase alone (`tlflax.sweep`); a
-  fresh run starts after it. A start that fails or is interrupted before it saves an epoch leaves
+  fresh run starts after it. `after_epoch(record)` is called with each epoch's history record
+  once the epoch is saved (`tlflax.tune` reports it to its pruner, which may raise to stop the
+  run there). A start that fails or is interrupted before it saves an epoch leaves
   nothing in the workdir (`workdir.removed_unless_saved`); an interrupted run's
   `interrupts.Interrupted` says where it can resume."""
   check_config(config)
@@ -186,9 +189,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
       with interrupts.during('the start of the run'):
         run = Run.create(config, path, allow_config_change)
       try:
-        return _train_and_evaluate(run, first_phase_from)
-      finally:  # decoded images on disk go, also when the run fails
-        run.image_feed.release()
+        return _train_and_evaluate(run, first_phase_from, after_epoch)
+      finally:  # decoded images on disk go and checkpoints being written finish, also when the
+        run.image_feed.release()  # run fails (a process that goes on, as the tuner's, needs both)
+        run.checkpoints.close()
+        run.tracker.close()
   except interrupts.Interrupted as e:
     e.outcome = resume_hint(workdir, trained=e.during == FINAL_EVALUATION)
     raise
@@ -209,7 +214,7 @@ def resume_hint(workdir, trained: bool = False) -> str:
           f'resume after epoch {saved[-1]}')
 
 
-def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
+def _train_and_evaluate(run: 'Run', first_phase_from, after_epoch) -> 'TrainResult':
   run.check_steps()
   with interrupts.during('the start of the run'):
     position = resume.restore_or_initialize(run, first_phase_from)
@@ -225,7 +230,7 @@ def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
                  initial['accuracy'])
   for phase in phase_plan(run.config):
     if position.epoch < phase.last_epoch:
-      position = _run_phase(run, phase, position)
+      position = _run_phase(run, phase, position, after_epoch)
   run.checkpoints.close()
   history = position.history
   with interrupts.during(FINAL_EVALUATION):
@@ -247,7 +252,6 @@ def _train_and_evaluate(run: 'Run', first_phase_from) -> 'TrainResult':
       reports.write_reports(run, history, variables)
       run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
                                          for name in ('learning_curves', 'predictions')})
-  run.tracker.close()
   return TrainResult(history, variables)
 
 
@@ -257,7 +261,7 @@ class TrainResult:
   variables: dict  # the final {'params', 'batch_stats'} as host NumPy arrays
 
 
-def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
+def _run_phase(run: Run, phase: Phase, position: Position, after_epoch) -> Position:
   """Trains `phase` from `position` to its last epoch (or until early stopping ends it),
   checkpointing after every epoch."""
   groups, tx = run.optimizer(phase)
@@ -316,6 +320,8 @@ def _run_phase(run: Run, phase: Phase, position: Position) -> Position:
             'config': config_json, 'history': history}, record)
         if run.primary:
           reports.write_json(run.workdir / 'history.json', history)
+      if after_epoch is not None:
+        after_epoch(record)
       if stop:
         logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
                      'ends after epoch %d of %d', run.config.best_metric,

@@ -10,14 +10,13 @@ Trials whose configs agree on everything the first phase depends on
 its later phases from its result.
 """
 import hashlib
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import ml_collections
 
 from tlflax import config as config_lib
+from tlflax import user_files
 from tlflax.errors import ConfigError
 from tlflax.resume import config_as_json
 
@@ -25,22 +24,7 @@ from tlflax.resume import config_as_json
 def load_trials(spec: str) -> list[dict]:
   """The trials of the sweep file `PATH[:variant]` (its `get_trials(variant)`, or
   `get_trials()` without a variant), checked to be a list of distinct override dicts."""
-  path, _, variant = str(spec).partition(':')
-  path = Path(path)
-  if not path.is_file():
-    raise ConfigError(f'sweep file {path} does not exist')
-  spec = importlib.util.spec_from_file_location(f'tlflax_sweep_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    if not hasattr(module, 'get_trials'):
-      raise ConfigError(f'sweep file {path} defines no get_trials()')
-    trials = module.get_trials(variant) if variant else module.get_trials()
-  except ConfigError:
-    raise
-  except Exception as e:  # the sweep file is the user's code: say where it failed, in one line
-    where = f'{path}:{variant}' if variant else str(path)
-    raise ConfigError(f'sweep file {where} failed: {type(e).__name__}: {e}') from e
+  path, trials, _ = user_files.call(spec, 'sweep file', 'get_trials')
   if not isinstance(trials, list) or not trials or not all(
       isinstance(t, dict) and all(isinstance(k, str) for k in t) for t in trials):
     raise ConfigError(f'{path}: get_trials() must return a non-empty list of dicts from dotted '
@@ -82,9 +66,9 @@ def names(trials: list[dict]) -> list[str]:
   return unique
 
 
-def trial_config(base: ml_collections.ConfigDict, overrides: dict, name: str):
-  """The base config with the trial's overrides (dotted keys), checked like a run's config."""
-  from tlflax.run_parts import check_config  # the run's own check (it imports TensorFlow)
+def with_overrides(base: ml_collections.ConfigDict, overrides: dict, name: str):
+  """A copy of the base config with `overrides` (dotted keys) set: an unknown key or a value of
+  the wrong type is a `ConfigError` naming `name` (the trial)."""
   config = base.copy_and_resolve_references()
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
@@ -95,12 +79,19 @@ def trial_config(base: ml_collections.ConfigDict, overrides: dict, name: str):
       if leaf not in node:
         raise KeyError(leaf)
     except (KeyError, TypeError, AttributeError) as e:
-      raise ConfigError(f'trial {name}: unknown config key {key!r}') from e
+      raise ConfigError(f'{name}: unknown config key {key!r}') from e
     try:
       node[leaf] = value
     except TypeError as e:  # ConfigDict's own type check
-      raise ConfigError(f'trial {name}: {key}={value!r} has the wrong type ({e}); use plain '
+      raise ConfigError(f'{name}: {key}={value!r} has the wrong type ({e}); use plain '
                         'Python values (int, float, str, bool, None, tuples of str)') from e
+  return config
+
+
+def trial_config(base: ml_collections.ConfigDict, overrides: dict, name: str):
+  """The base config with the trial's overrides (dotted keys), checked like a run's config."""
+  from tlflax.run_parts import check_config  # the run's own check (it imports TensorFlow)
+  config = with_overrides(base, overrides, f'trial {name}')
   try:
     check_config(config)
   except ConfigError as e:

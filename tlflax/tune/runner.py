@@ -1,0 +1,271 @@
+"""A tuner worker: asks the study for trials and trains each as `main.py` would, until the study
+has its `--trials` (or `--timeout` passes).
+
+Each trial trains in `DIR/trial_NNNN/` (a retry in its failed trial's folder, where the trainer
+resumes it) with the base config and its sampled values, checked like any config: a sample the
+check refuses fails that trial alone, its error recorded. Every epoch's validation metric is
+reported to the trial, and a trial the pruner stops keeps its folder. Trials whose samples leave
+the first phase unchanged (a space over later phases' keys) start from one first phase trained
+in `DIR/_shared/` (as `tlflax.sweep` shares it), under a file lock so that two workers do not
+both train it.
+
+Sampling is reproducible: the sampler of trial N is seeded by `--seed` and N, so one worker with
+a seed samples the same values again, and workers never draw the same random start.
+"""
+import contextlib
+import dataclasses
+import fcntl
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import ml_collections
+import numpy as np
+import optuna
+from absl import logging
+from optuna.trial import TrialState
+
+from tlflax import config as config_lib
+from tlflax import interrupts
+from tlflax.errors import ConfigError, RunError, TrainingDiverged
+from tlflax.resume import config_as_json
+from tlflax.sweep import runner as sweep_runner
+from tlflax.sweep import trials as trials_lib
+from tlflax.tune import report, study as study_lib
+from tlflax.tune.space import Space, corners
+from tlflax.workdir import writable
+
+PRUNERS = ('median', 'hyperband', 'none')
+STUDY_FILE = 'study.json'  # which storage and study a tuner workdir belongs to
+
+
+@dataclasses.dataclass
+class Search:
+  """What the workers of one study share."""
+  base: ml_collections.ConfigDict
+  base_source: report.ConfigSource  # how to write the base config again (best_config.py)
+  space: Space
+  workdir: Path
+  trials: int
+  seed: int
+  prune_warmup: int = 1  # epochs at the start of each phase that the pruner leaves alone
+
+
+def check_space(base: ml_collections.ConfigDict, space: Space):
+  """Each key of the space exists in the base config and takes each bounding value's type (a
+  `ConfigError` before any trial). Whether a sampled combination runs is each trial's check."""
+  for key, distribution in space.distributions.items():
+    for value in corners(distribution):
+      trials_lib.with_overrides(base, {key: value}, 'space')
+  if not config_lib.ordered_phases(base):
+    raise ConfigError('the base config has no phase to train')
+
+
+def check_workdir(workdir: Path, storage_url: str, study_name: str):
+  """A tuner workdir holds one study: a rerun naming another storage or study is refused."""
+  record = {'storage': storage_url, 'study': study_name}
+  path = writable(workdir) / STUDY_FILE
+  if path.is_file():
+    stored = json.loads(path.read_text())
+    if stored != record:
+      raise ConfigError(f'{workdir} holds the study {stored["study"]!r} in {stored["storage"]}, '
+                        f'not {study_name!r} in {storage_url}: use another --workdir')
+  else:
+    path.write_text(json.dumps(record, indent=2) + '\n')
+
+
+def make_pruner(name: str, prune_after: int, epochs: int):
+  """Optuna's median pruner (after `prune_after` finished trials), Hyperband over the epochs,
+  or none."""
+  if name == 'median':
+    return optuna.pruners.MedianPruner(n_startup_trials=prune_after)
+  if name == 'hyperband':
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+  return optuna.pruners.NopPruner()
+
+
+def sampler_for(seed: int, number: int):
+  """TPE (a running trial counted as a bad one, so parallel workers spread out), seeded by the
+  study's seed and the trial's number."""
+  trial_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+  return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
+
+
+def open_search(search: Search, storage_url: str, study_name: str, pruner: str,
+                prune_after: int):
+  """The search's study, after the checks that need no trial (the space against the config,
+  the workdir against the study, the storage, the study against the search)."""
+  check_space(search.base, search.space)
+  check_workdir(search.workdir, storage_url, study_name)
+  epochs = sum(settings.epochs for _, settings in config_lib.ordered_phases(search.base))
+  return study_lib.open_study(
+      study_lib.open_storage(storage_url), study_name,
+      {'space': search.space.as_json(), 'config': config_as_json(search.base)},
+      search.space.objective.direction, sampler_for(search.seed, 0),
+      make_pruner(pruner, prune_after, max(epochs, 1)))
+
+
+def work(search: Search, study, timeout: Optional[float] = None) -> int:
+  """Runs trials until the study has `search.trials` (finished or running elsewhere) or
+  `timeout` seconds pass (a running trial finishes first); the number this worker ran."""
+  start = time.perf_counter()
+  ran = 0
+  while True:
+    for number in study_lib.reclaim_stale(study):
+      print(f'trial {number}: its worker stopped; it is retried from its last checkpoint',
+            flush=True)
+    tally = study_lib.tally(study)
+    if tally.finished >= search.trials:
+      break
+    if not tally.waiting and tally.finished + tally.running >= search.trials:
+      print(f'the study\'s last {tally.running} trials run in other workers', flush=True)
+      break
+    if timeout is not None and time.perf_counter() - start > timeout:
+      print(f'--timeout={timeout:g} s passed: no new trial started', flush=True)
+      break
+    trial = study.ask()
+    if surplus(study, trial, search.trials):
+      continue
+    outcome = run_trial(search, study, trial)
+    ran += 1
+    tally = study_lib.tally(study)
+    elapsed = (time.perf_counter() - start) / 60
+    print(f'trial {trial.number} {outcome}; {tally.finished} of {search.trials} trials finished, '
+          f'{elapsed:.1f} min in this worker', flush=True)
+  return ran
+
+
+def surplus(study, trial, wanted: int) -> bool:
+  """Whether `trial` (a new one) was asked when others had already filled the study (two
+  workers asking at once): it is then closed as failed, marked surplus, and not counted."""
+  frozen = study._storage.get_trial(trial._trial_id)
+  if study_lib.retry_history(frozen):
+    return False
+  before = [t for t in study_lib.counted(study.get_trials(deepcopy=False))
+            if t.number < trial.number]
+  if len(before) < wanted:
+    return False
+  study._storage.set_trial_system_attr(trial._trial_id, study_lib.SURPLUS, True)
+  study.tell(trial, state=TrialState.FAIL)
+  return True
+
+
+def sample(study, trial, space: Space, seed: int) -> dict:
+  """The trial's values for the space's keys: drawn by `sampler_for(seed, trial.number)`, or
+  for a retry, its failed trial's."""
+  if not study._storage.get_trial(trial._trial_id).params:
+    study.sampler = sampler_for(seed, trial.number)
+  return {key: d.suggest(trial, key) for key, d in space.distributions.items()}
+
+
+def trial_folder(frozen) -> str:
+  """`trial_NNNN`, numbered by the first trial of its retries."""
+  history = study_lib.retry_history(frozen)
+  return f'trial_{(history[0] if history else frozen.number):04d}'
+
+
+def run_trial(search: Search, study, trial) -> str:
+  """Samples (or, for a retry, takes) the trial's values, trains it and tells the study how it
+  ended; a one-line account of it."""
+  frozen = study._storage.get_trial(trial._trial_id)
+  params = sample(study, trial, search.space, search.seed)
+  name = trial_folder(frozen)
+  trial.set_user_attr('folder', name)
+  objective = search.space.objective
+  logging.info('Trial %d (%s): %s', trial.number, name, params)
+  with study_lib.heartbeat(study, trial._trial_id):
+    try:
+      history = train(search, trial, name, params)
+    except optuna.TrialPruned:
+      study.tell(trial, state=TrialState.PRUNED)
+      last = max(trial_steps(study, trial), default=None)
+      return f'pruned after epoch {last}'
+    except (ConfigError, TrainingDiverged) as e:  # the sample's own: this trial alone fails
+      trial.set_user_attr('error', str(e))
+      study.tell(trial, state=TrialState.FAIL)
+      return f'failed: {e}'
+    except (RunError, interrupts.Interrupted) as e:  # not the sample's: it runs again later
+      interrupted = isinstance(e, interrupts.Interrupted)
+      trial.set_user_attr('error', f'interrupted by {e.signal_name}' if interrupted else str(e))
+      study.tell(trial, state=TrialState.FAIL)
+      study_lib.retry(study, study._storage.get_trial(trial._trial_id))
+      again = (f'trial {trial.number} is queued to go on from its last checkpoint in '
+               f'{search.workdir / name}: run the same command again to continue the study')
+      if interrupted:
+        e.outcome = again
+      else:
+        print(f'trial {trial.number} stopped the worker: {e}; {again}', flush=True)
+      raise
+    except BaseException as e:  # a bug: the trial fails with it, and the worker stops
+      trial.set_user_attr('error', f'{type(e).__name__}: {e}')
+      study.tell(trial, state=TrialState.FAIL)
+      raise
+  value = objective.value(history)
+  study.tell(trial, value)
+  return f'complete: {objective.describe()} {value:.4g}'
+
+
+def trial_steps(study, trial) -> list:
+  return list(study._storage.get_trial(trial._trial_id).intermediate_values)
+
+
+def train(search: Search, trial, name: str, params: dict) -> dict:
+  """Trains the trial's run (resuming its folder), reporting each epoch; its history."""
+  from tlflax.train import train_and_evaluate
+  config = trials_lib.trial_config(search.base, params, name)
+  objective = search.space.objective
+
+  first_epochs = phase_first_epochs(config)
+  last_epoch = sum(settings.epochs for _, settings in config_lib.ordered_phases(config))
+
+  def after_epoch(record):
+    trial.report(objective.epoch_value(record), record['epoch'])
+    # the last epoch is not pruned: the trial has cost all it will, and gets its score
+    prunable = (record['epoch'] - first_epochs[record['phase']] >= search.prune_warmup
+                and record['epoch'] < last_epoch)
+    if prunable and trial.should_prune():
+      raise optuna.TrialPruned()
+
+  with warnings.catch_warnings():  # a retried epoch is reported again: Optuna keeps the first
+    warnings.filterwarnings('ignore', message='.*already reported.*')
+    result = train_and_evaluate(config, search.workdir / name,
+                                first_phase_from=shared_first_phase(search, config, name),
+                                after_epoch=after_epoch)
+  return result.history
+
+
+def phase_first_epochs(config) -> dict:
+  """{phase: the global number of its first epoch}."""
+  first, epoch = {}, 1
+  for name, settings in config_lib.ordered_phases(config):
+    first[name], epoch = epoch, epoch + settings.epochs
+  return first
+
+
+def shared_first_phase(search: Search, config, name: str) -> Optional[Path]:
+  """The folder of the first phase this trial shares with the base config (trained here, under
+  a lock, if no worker has yet), or None where its samples change that phase."""
+  phases = config_lib.ordered_phases(config)
+  if len(phases) < 2 or phases[0][1].epochs == 0:
+    return None
+  shared = trials_lib.shared_name(config, 1)
+  if shared != trials_lib.shared_name(search.base, 1):
+    return None
+  folder = writable(search.workdir / sweep_runner.SHARED, 'the shared phases folder')
+  with file_lock(folder / f'{shared}.lock'):
+    return sweep_runner.train_shared_phase(
+        search.workdir, sweep_runner.Trial(-1, name, {}, config, shared))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+  """An exclusive lock on `path` (`flock`: across processes on one host, and on shared
+  filesystems that support it, as NFSv4 does)."""
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
