@@ -94,8 +94,14 @@ def test_space_keys_are_checked_against_the_config_before_any_trial(tiny_run, tm
   with pytest.raises(ConfigError,
                      match="space: unknown config key 'phases.fine_tune.learnig_rate'"):
     check("{'phases.fine_tune.learnig_rate': log_uniform(1e-5, 1e-3)}")
-  with pytest.raises(ConfigError, match=r"space: image_size=32.5 has the wrong type"):
-    check("{'image_size': uniform(32.5, 40.0)}")
+  # a key that takes no float samples, whole or not (Optuna's uniform gives floats)
+  for body, message in (("{'batch_size': uniform(8, 32)}", 'batch_size=8.0 has the wrong type'),
+                        ("{'phases.fine_tune.epochs': uniform(2, 6)}",
+                         r'uniform\(2, 6\) samples 2.0: phases.fine_tune.epochs must be int'),
+                        ("{'phases.fine_tune.optimizer': choice('adam', 3)}",
+                         'samples 3: phases.fine_tune.optimizer must be str')):
+    with pytest.raises(ConfigError, match=message):
+      check(body)
 
 
 # --- the study in its storage -------------------------------------------------------------------
@@ -202,6 +208,101 @@ def test_sampling_is_reproducible_with_a_seed_and_distinct_across_trials(tmp_pat
   assert len({json.dumps(v, sort_keys=True) for v in once}) == len(once)
 
 
+def test_when_the_pruner_may_stop_a_run():
+  phases = [('head', type('S', (), {'epochs': 3})), ('tune', type('S', (), {'epochs': 4}))]
+
+  def may(epoch, phase, warmup=1, stopping=False):
+    return runner.prunable({'epoch': epoch, 'phase': phase}, stopping, phases, warmup)
+
+  # epochs 1-3 are the head's, 4-7 the second phase's; each phase's first epoch is left alone
+  assert [may(e, 'head') for e in (1, 2, 3)] == [False, True, True]
+  assert [may(e, 'tune') for e in (4, 5, 6, 7)] == [False, True, True, False]  # 7: the last
+  assert [may(e, 'tune', warmup=0) for e in (4, 6)] == [True, True]
+  assert [may(e, 'tune', warmup=2) for e in (5, 6)] == [False, True]
+  assert not may(5, 'tune', stopping=True)  # early stopping ends the last phase there
+  assert may(2, 'head', stopping=True)  # ... but ends only the first phase here
+
+
+def test_the_hyperband_pruner_covers_the_configs_epochs(tmp_path):
+  pruner = runner.make_pruner('hyperband', 3, 20)
+  study = optuna.create_study(storage=study_lib.default_storage(tmp_path), pruner=pruner,
+                              direction='maximize')
+  stopped = []
+  for number in range(6):  # later trials that are worse at each epoch get pruned
+    trial = study.ask()
+    for epoch in range(1, 21):
+      trial.report(1.0 - number / 10 + epoch / 100, epoch)
+      if trial.should_prune():
+        stopped.append(number)
+        study.tell(trial, state=TrialState.PRUNED)
+        break
+    else:
+      study.tell(trial, 1.0 - number / 10)
+  assert stopped and 0 not in stopped
+  assert isinstance(runner.make_pruner('none', 3, 20), optuna.pruners.NopPruner)
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path):
+  script = ('import sys; from tlflax.tune import study; import optuna; '
+            's = study.open_storage(sys.argv[1]); '
+            "optuna.create_study(storage=s, study_name='s', load_if_exists=True)")
+  url = study_lib.default_storage(tmp_path)
+  processes = [subprocess.Popen([sys.executable, '-c', script, url], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(4)]
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0] * 4, outputs
+
+
+def fake_train(search, trial, name, params):
+  """A trial's history without training: its score is a function of its values."""
+  score = 1 - abs(params['phases.fine_tune.learning_rate'] - 3e-4) * 100
+  return {'epochs': [{'phase': 'fine_tune', 'epoch': 2, 'val_accuracy': score}],
+          'test': {'accuracy': score, 'loss': 1 - score}, 'phases': {}}
+
+
+def fake_search(tiny_run, tmp_path, name, seed=0, trials=6):
+  space = space_lib.load_space(write_space(tmp_path / f'{name}.py', PHASE_2_SPACE))
+  search = runner.Search(tiny_run, None, space, tmp_path / name, trials, seed)
+  study = runner.open_search(search, study_lib.default_storage(tmp_path / name), name,
+                             'median', 3)
+  return search, study
+
+
+def test_the_worker_loop_samples_reproducibly_with_a_seed(tiny_run, tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, 'train', fake_train)
+  draws = {}
+  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+    search, study = fake_search(tiny_run, tmp_path, name, seed, trials=12)
+    assert runner.work(search, study) == 12
+    draws[name] = [t.params for t in study.trials]
+  assert draws['a'] == draws['b'] != draws['c']
+  assert json.loads((tmp_path / 'a' / 'study.json').read_text()) == {
+      'storage': study_lib.default_storage(tmp_path / 'a'), 'study': 'a'}
+
+
+def test_a_worker_waits_for_trials_elsewhere_and_retries_one_whose_heartbeat_stops(
+    tiny_run, tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, 'train', fake_train)
+  monkeypatch.setattr(runner, 'POLL_SECONDS', 0.1)
+  monkeypatch.setattr(study_lib, 'GRACE_SECONDS', 2)
+  search, study = fake_search(tiny_run, tmp_path, 'elsewhere', trials=2)
+  assert runner.work(search, study) == 2
+  # a third trial, running on another host whose worker then stops beating
+  search.trials = 3
+  other = study.ask()
+  runner.sample(study, other, search.space, 0)
+  study._storage.set_trial_system_attr(other._trial_id, study_lib.WORKER, {
+      'host': 'another-node', 'pid': 1, 'trial': other._trial_id})
+  study._storage.set_trial_system_attr(other._trial_id, study_lib.HEARTBEAT, time.time())
+  start = time.time()
+  assert runner.work(search, study) == 1  # it waited, then retried trial 2 itself
+  assert time.time() - start >= 2
+  states = [(t.number, t.state, t.user_attrs.get('folder')) for t in study.trials]
+  assert states[2:] == [(2, TrialState.FAIL, None), (3, TrialState.COMPLETE, 'trial_0002')]
+  assert study.trials[3].params == study.trials[2].params
+
+
 # --- tiny studies through the command line --------------------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -243,8 +344,8 @@ def test_two_workers_run_each_trial_once(two_workers):
   assert sum('Training the shared phase' in o for o in outputs) == 1
 
 
-def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(two_workers,
-                                                                            tmp_path):
+def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(
+    two_workers, tmp_path, monkeypatch):
   from tlflax.resume import config_as_json
   from tlflax.train import train_and_evaluate
   workdir, _, _, _ = two_workers
@@ -263,6 +364,8 @@ def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(two
   for name in ('importances.png', 'history.png', 'curves.png'):
     assert (workdir / name).stat().st_size > 5000, name
   import importlib.util
+  monkeypatch.chdir(ROOT)  # where the tuner ran: best_config.py names its base file from there
+  assert "BASE_FILE = 'configs/cats_dogs.py'" in (workdir / 'best_config.py').read_text()
   spec = importlib.util.spec_from_file_location('best_config', workdir / 'best_config.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -311,7 +414,7 @@ def test_killed_workers_resume_their_trials_and_the_study_ends_with_its_trials(
   process.send_signal(signal.SIGTERM)
   output = process.communicate(timeout=300)[0]
   assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), output
-  assert 'trial 0 is queued to go on from its last checkpoint' in output.splitlines()[-1]
+  assert 'trial 0 is queued to run again (from its last checkpoint' in output.splitlines()[-1]
   # the rerun resumes it (as trial 1) in its folder; SIGKILL during the next trial (2)
   process = tuner(workdir, space, flags, *args, wait=False)
   wait_for(workdir / 'trial_0002' / 'checkpoints' / '3', process)
@@ -384,8 +487,22 @@ def test_a_bad_sample_fails_its_trial_alone_and_bad_input_stops_before_any(tiny_
   for extra, message in (
       ([f'--space={bad}'], "space: unknown config key 'phases.fine_tune.learnig_rate'"),
       ([f'--storage=sqlite:///{tmp_path}/no/such/dir/x.db'], 'cannot open'),
+      (['--storage=postgresq://typo/db'], "--storage=postgresq://typo/db: cannot open it"),
+      (['--report'], 'holds no study yet'),
       (['--study=mixed', '--trials=0'], 'trials')):
     code, output = tuner(tmp_path / 'fresh', space, tiny_flags, *extra)
     lines = output.strip().splitlines()
     assert code in (1, 2) and message in lines[-1] and 'Traceback' not in output, output
+  # an error that is not the sample's (the data folder is gone) stops the worker, one line,
+  # and queues its trial to run again
+  valid = write_space(tmp_path / 'valid.py', PHASE_2_SPACE)
+  code, output = tuner(tmp_path / 'no_data', valid, [*tiny_flags,
+                                                     f'--config.data.folder={tmp_path}/gone'])
+  assert code == 1 and 'Traceback' not in output, output
+  assert 'trial 0 stopped the worker: image folder' in output and 'queued' in output
+  assert output.strip().splitlines()[-1].startswith('error: image folder')
+  assert [t.state for t in load(tmp_path / 'no_data', 'valid').trials] == [
+      TrialState.FAIL, TrialState.WAITING]
+  # no trial, and no study recorded that a corrected command would be refused for
   assert not list((tmp_path / 'fresh').glob('trial_*'))
+  assert not (tmp_path / 'fresh' / runner.STUDY_FILE).exists()

@@ -205,13 +205,26 @@ def ordered_phases(config: ml_collections.ConfigDict) -> list:
   return [(name, config.phases[name]) for name in names]
 
 
-def validate(config: ml_collections.ConfigDict):
-  """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value."""
+def check_types(config: ml_collections.ConfigDict):
+  """Raises `ConfigError` naming the first unknown or missing key or wrong type, the phases'
+  settings included: the part of `validate` that does not look at values."""
   _check_against(config, defaults())
   if 'phases' not in config:
     raise ConfigError('config has no phases')
   if not config.phases:
     raise ConfigError('config.phases is empty: give at least one training phase')
+  template = phase(0, 'adam', 1.0)
+  for phase_name, settings in ordered_phases(config):
+    prefix = f'phases.{phase_name}'
+    if set(settings.keys()) != set(template.keys()):
+      raise ConfigError(f'{prefix} must have exactly {sorted(template.keys())}, has '
+                        f'{sorted(settings.keys())}')
+    _check_against(settings, template, prefix + '.')
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Raises `ConfigError` naming the first unknown or missing key, wrong type or bad value."""
+  check_types(config)
   checks = [
       (config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}'),
       (config.checkpoints_to_keep >= 1,
@@ -279,14 +292,8 @@ def validate(config: ml_collections.ConfigDict):
   augment.check(config.data.augment_ops)
   spec, layers = _check_backbone(config)
 
-  template = phase(0, 'adam', 1.0)
   for phase_name, settings in ordered_phases(config):
-    prefix = f'phases.{phase_name}'
-    if set(settings.keys()) != set(template.keys()):
-      raise ConfigError(f'{prefix} must have exactly {sorted(template.keys())}, has '
-                        f'{sorted(settings.keys())}')
-    _check_against(settings, template, prefix + '.')
-    _check_phase_values(settings, prefix, spec, layers)
+    _check_phase_values(settings, f'phases.{phase_name}', spec, layers)
 
 
 def backbone_args(config) -> dict:

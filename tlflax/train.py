@@ -169,14 +169,16 @@ class Run:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                        allow_config_change: bool = False, first_phase_from=None,
-                       after_epoch: Optional[Callable[[dict], None]] = None) -> 'TrainResult':
+                       after_epoch: Optional[Callable[[dict, bool], None]] = None
+                       ) -> 'TrainResult':
   """Runs (or resumes) every phase of `config` in `workdir`; returns history and final model.
   `first_phase_from`: a workdir that trained this run's first phase alone (`tlflax.sweep`); a
-  fresh run starts after it. `after_epoch(record)` is called with each epoch's history record
-  once the epoch is saved (`tlflax.tune` reports it to its pruner, which may raise to stop the
-  run there). A start that fails or is interrupted before it saves an epoch leaves
-  nothing in the workdir (`workdir.removed_unless_saved`); an interrupted run's
-  `interrupts.Interrupted` says where it can resume."""
+  fresh run starts after it. `after_epoch(record, stopping)` is called with each epoch's
+  history record once the epoch is saved, `stopping` if early stopping ends its phase there
+  (`tlflax.tune` reports it to its pruner, which may raise to stop the run there). A start
+  that fails or is interrupted before it saves an epoch leaves nothing in the workdir
+  (`workdir.removed_unless_saved`); an interrupted run's `interrupts.Interrupted` says where it
+  can resume."""
   check_config(config)
   run = None
 
@@ -321,7 +323,7 @@ def _run_phase(run: Run, phase: Phase, position: Position, after_epoch) -> Posit
         if run.primary:
           reports.write_json(run.workdir / 'history.json', history)
       if after_epoch is not None:
-        after_epoch(record)
+        after_epoch(record, stop)
       if stop:
         logging.info('Early stopping: %s did not improve by more than %g for %d epochs; phase %s '
                      'ends after epoch %d of %d', run.config.best_metric,

@@ -9,6 +9,7 @@
         [--pruner=median|hyperband|none] [--prune_after=N] [--prune_warmup=N]
         [--report]          only write the report of the study so far
 """
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +54,7 @@ def main(argv):
   with cli.run_errors_as_one_line('the study is kept: the same command continues it'):
     cli.prepare_process()
     import optuna
+    from tlflax import errors
     from tlflax.tune import report, runner, space as space_lib, study as study_lib
     warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,11 +66,18 @@ def main(argv):
     search = runner.Search(FLAGS.config, source, space, workdir, FLAGS.trials, FLAGS.seed,
                            FLAGS.prune_warmup)
     storage = FLAGS.storage or study_lib.default_storage(workdir)
+    if FLAGS.report and not (workdir / runner.STUDY_FILE).is_file():
+      raise errors.ConfigError(f'--report: {workdir} holds no study yet')
     study = runner.open_search(search, storage, FLAGS.study or space.name, FLAGS.pruner,
                                FLAGS.prune_after)
     start = time.perf_counter()
-    if not FLAGS.report:
-      runner.work(search, study, FLAGS.timeout)
+    try:
+      if not FLAGS.report:
+        runner.work(search, study, FLAGS.timeout)
+    except BaseException:  # interrupted, or stopped by an error: the report of the trials so far
+      with contextlib.suppress(Exception):
+        report.write(study, workdir, space, source)
+      raise
     best = report.write(study, workdir, space, source)
     summary = (f"best: trial {best['trial']}, {space.objective.describe()} {best['value']:.4g}; "
                f'{workdir}/best_config.py trains it again' if best else 'no trial complete yet')

@@ -107,7 +107,7 @@ def write(study, workdir: Path, space, source: ConfigSource) -> dict:
 
 def markdown(name: str, table: list[dict], keys: list, objective, best) -> str:
   cell = sweep_report._cell  # 4 significant digits, no '|'
-  metrics = ['test_accuracy', 'best_val_accuracy', 'seconds']
+  metrics = ['test_accuracy', 'test_loss', 'seconds']
   counts = {state: sum(row['state'] == state for row in table) for state in STATE_NAMES.values()}
   lines = [f'# Study {name}: {len(table)} trials',
            '', f'Objective: {objective.describe()} ({objective.direction}d). '
@@ -152,6 +152,19 @@ def _optuna_figures(study, workdir: Path):
       plt.close(figure)
 
 
+def _portable(file: str) -> str:
+  """The config file's path relative to the current folder where it lies under it (the
+  project root, from where the configs' relative paths work), else absolute."""
+  path = Path(file).resolve()
+  return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _literal(values: dict) -> str:
+  """A dict as Python source, a key per line."""
+  return '{' + ''.join(f'\n    {key!r}: {value!r},' for key, value in values.items()) + (
+      '\n}' if values else '}')
+
+
 def best_config(source: ConfigSource, best: dict, study_name: str, objective) -> str:
   """A config file: the base config file (with its variant and overrides) and the best trial's
   values."""
@@ -160,14 +173,17 @@ def best_config(source: ConfigSource, best: dict, study_name: str, objective) ->
 
     python main.py --config={{this file}} --workdir=DIR
 
-trains it again (written by `python -m tlflax.tune`).
+trains it again, run from the folder the tuner ran in (BASE_FILE is relative to it); written by
+`python -m tlflax.tune`.
 """
 import importlib.util
 
-BASE_FILE = {str(Path(source.file).resolve())!r}
+BASE_FILE = {_portable(source.file)!r}
 VARIANT = {source.variant!r}
-OVERRIDES = {source.overrides!r}  # the tuner's --config.* flags
-VALUES = {best['params']!r}  # trial {best['trial']}'s samples
+# the tuner's --config.* flags
+OVERRIDES = {_literal(source.overrides)}
+# trial {best['trial']}'s samples
+VALUES = {_literal(best['params'])}
 
 
 def get_config():

@@ -12,9 +12,7 @@ both train it.
 Sampling is reproducible: the sampler of trial N is seeded by `--seed` and N, so one worker with
 a seed samples the same values again, and workers never draw the same random start.
 """
-import contextlib
 import dataclasses
-import fcntl
 import json
 import time
 import warnings
@@ -39,6 +37,7 @@ from tlflax.workdir import writable
 
 PRUNERS = ('median', 'hyperband', 'none')
 STUDY_FILE = 'study.json'  # which storage and study a tuner workdir belongs to
+POLL_SECONDS = 5  # how often a worker with no trial to start looks at the study again
 
 
 @dataclasses.dataclass
@@ -54,26 +53,33 @@ class Search:
 
 
 def check_space(base: ml_collections.ConfigDict, space: Space):
-  """Each key of the space exists in the base config and takes each bounding value's type (a
-  `ConfigError` before any trial). Whether a sampled combination runs is each trial's check."""
+  """Each key of the space exists in the base config and takes the type of what it samples
+  (a `ConfigError` before any trial). Whether a sampled combination runs is each trial's check."""
   for key, distribution in space.distributions.items():
     for value in corners(distribution):
-      trials_lib.with_overrides(base, {key: value}, 'space')
-  if not config_lib.ordered_phases(base):
-    raise ConfigError('the base config has no phase to train')
+      config = trials_lib.with_overrides(base, {key: value}, 'space')
+      try:
+        config_lib.check_types(config)
+      except ConfigError as e:
+        raise ConfigError(f'space: {key}: {distribution.describe()} samples {value!r}: {e}') \
+            from e
 
 
 def check_workdir(workdir: Path, storage_url: str, study_name: str):
   """A tuner workdir holds one study: a rerun naming another storage or study is refused."""
-  record = {'storage': storage_url, 'study': study_name}
   path = writable(workdir) / STUDY_FILE
   if path.is_file():
     stored = json.loads(path.read_text())
-    if stored != record:
+    if stored != {'storage': storage_url, 'study': study_name}:
       raise ConfigError(f'{workdir} holds the study {stored["study"]!r} in {stored["storage"]}, '
                         f'not {study_name!r} in {storage_url}: use another --workdir')
-  else:
-    path.write_text(json.dumps(record, indent=2) + '\n')
+
+
+def record_workdir(workdir: Path, storage_url: str, study_name: str):
+  """Records the study the workdir holds, once it has opened."""
+  path = workdir / STUDY_FILE
+  if not path.is_file():
+    path.write_text(json.dumps({'storage': storage_url, 'study': study_name}, indent=2) + '\n')
 
 
 def make_pruner(name: str, prune_after: int, epochs: int):
@@ -100,18 +106,21 @@ def open_search(search: Search, storage_url: str, study_name: str, pruner: str,
   check_space(search.base, search.space)
   check_workdir(search.workdir, storage_url, study_name)
   epochs = sum(settings.epochs for _, settings in config_lib.ordered_phases(search.base))
-  return study_lib.open_study(
+  study = study_lib.open_study(
       study_lib.open_storage(storage_url), study_name,
       {'space': search.space.as_json(), 'config': config_as_json(search.base)},
       search.space.objective.direction, sampler_for(search.seed, 0),
       make_pruner(pruner, prune_after, max(epochs, 1)))
+  record_workdir(search.workdir, storage_url, study_name)
+  return study
 
 
 def work(search: Search, study, timeout: Optional[float] = None) -> int:
-  """Runs trials until the study has `search.trials` (finished or running elsewhere) or
-  `timeout` seconds pass (a running trial finishes first); the number this worker ran."""
+  """Runs trials until the study has `search.trials` finished or `timeout` seconds pass (a
+  running trial finishes first); the number this worker ran. When the trials left run in other
+  workers, it waits for them: one whose worker died is its to retry."""
   start = time.perf_counter()
-  ran = 0
+  ran, waiting = 0, False
   while True:
     for number in study_lib.reclaim_stale(study):
       print(f'trial {number}: its worker stopped; it is retried from its last checkpoint',
@@ -119,13 +128,19 @@ def work(search: Search, study, timeout: Optional[float] = None) -> int:
     tally = study_lib.tally(study)
     if tally.finished >= search.trials:
       break
-    if not tally.waiting and tally.finished + tally.running >= search.trials:
-      print(f'the study\'s last {tally.running} trials run in other workers', flush=True)
-      break
     if timeout is not None and time.perf_counter() - start > timeout:
       print(f'--timeout={timeout:g} s passed: no new trial started', flush=True)
       break
+    if not tally.waiting and tally.finished + tally.running >= search.trials:
+      if not waiting:  # for them to finish, or to retry one whose worker died
+        print(f"waiting for the study's last {tally.running} trials, run by other workers",
+              flush=True)
+      waiting = True
+      time.sleep(POLL_SECONDS)
+      continue
+    waiting = False
     trial = study.ask()
+    study_lib.claim(study, trial._trial_id)
     if surplus(study, trial, search.trials):
       continue
     outcome = run_trial(search, study, trial)
@@ -178,6 +193,8 @@ def run_trial(search: Search, study, trial) -> str:
   with study_lib.heartbeat(study, trial._trial_id):
     try:
       history = train(search, trial, name, params)
+    except TakenOver:
+      return 'taken over by another worker, which took it for dead: left to it'
     except optuna.TrialPruned:
       study.tell(trial, state=TrialState.PRUNED)
       last = max(trial_steps(study, trial), default=None)
@@ -191,8 +208,9 @@ def run_trial(search: Search, study, trial) -> str:
       trial.set_user_attr('error', f'interrupted by {e.signal_name}' if interrupted else str(e))
       study.tell(trial, state=TrialState.FAIL)
       study_lib.retry(study, study._storage.get_trial(trial._trial_id))
-      again = (f'trial {trial.number} is queued to go on from its last checkpoint in '
-               f'{search.workdir / name}: run the same command again to continue the study')
+      again = (f'trial {trial.number} is queued to run again (from its last checkpoint in '
+               f'{search.workdir / name}, if it saved one): run the same command again to '
+               'continue the study')
       if interrupted:
         e.outcome = again
       else:
@@ -203,7 +221,7 @@ def run_trial(search: Search, study, trial) -> str:
       study.tell(trial, state=TrialState.FAIL)
       raise
   value = objective.value(history)
-  study.tell(trial, value)
+  study.tell(trial, value, skip_if_finished=True)  # unless another worker took it over
   return f'complete: {objective.describe()} {value:.4g}'
 
 
@@ -217,15 +235,13 @@ def train(search: Search, trial, name: str, params: dict) -> dict:
   config = trials_lib.trial_config(search.base, params, name)
   objective = search.space.objective
 
-  first_epochs = phase_first_epochs(config)
-  last_epoch = sum(settings.epochs for _, settings in config_lib.ordered_phases(config))
+  phases = config_lib.ordered_phases(config)
 
-  def after_epoch(record):
+  def after_epoch(record, stopping):
+    if not study_lib.still_running(trial.study, trial._trial_id):
+      raise TakenOver()
     trial.report(objective.epoch_value(record), record['epoch'])
-    # the last epoch is not pruned: the trial has cost all it will, and gets its score
-    prunable = (record['epoch'] - first_epochs[record['phase']] >= search.prune_warmup
-                and record['epoch'] < last_epoch)
-    if prunable and trial.should_prune():
+    if prunable(record, stopping, phases, search.prune_warmup) and trial.should_prune():
       raise optuna.TrialPruned()
 
   with warnings.catch_warnings():  # a retried epoch is reported again: Optuna keeps the first
@@ -236,12 +252,22 @@ def train(search: Search, trial, name: str, params: dict) -> dict:
   return result.history
 
 
-def phase_first_epochs(config) -> dict:
-  """{phase: the global number of its first epoch}."""
-  first, epoch = {}, 1
-  for name, settings in config_lib.ordered_phases(config):
-    first[name], epoch = epoch, epoch + settings.epochs
-  return first
+class TakenOver(Exception):
+  """Another worker failed the trial, taking it for dead (its heartbeats did not reach the
+  storage), and retries it: this worker stops training it."""
+
+
+def prunable(record: dict, stopping: bool, phases: list, warmup: int) -> bool:
+  """Whether the pruner may stop the run after the epoch `record`: not in the first `warmup`
+  epochs of a phase (a rate that just changed needs them), and not at the run's last epoch
+  (the trial has cost all it will, and gets its score), nor where early stopping ends the
+  last phase."""
+  first, start = {}, 1
+  for name, settings in phases:
+    first[name], start = start, start + settings.epochs
+  last_phase = phases[-1][0]
+  return (record['epoch'] - first[record['phase']] >= warmup and record['epoch'] < start - 1
+          and not (stopping and record['phase'] == last_phase))
 
 
 def shared_first_phase(search: Search, config, name: str) -> Optional[Path]:
@@ -254,18 +280,6 @@ def shared_first_phase(search: Search, config, name: str) -> Optional[Path]:
   if shared != trials_lib.shared_name(search.base, 1):
     return None
   folder = writable(search.workdir / sweep_runner.SHARED, 'the shared phases folder')
-  with file_lock(folder / f'{shared}.lock'):
+  with study_lib.file_lock(folder / f'{shared}.lock'):
     return sweep_runner.train_shared_phase(
         search.workdir, sweep_runner.Trial(-1, name, {}, config, shared))
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-  """An exclusive lock on `path` (`flock`: across processes on one host, and on shared
-  filesystems that support it, as NFSv4 does)."""
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)

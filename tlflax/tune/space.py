@@ -101,9 +101,12 @@ def check(key: str, distribution) -> Distribution:
 
 
 def corners(distribution: Distribution) -> tuple:
-  """The values that bound what can be sampled: each type the key can receive."""
+  """The values that bound what can be sampled, of the types the samples have (a float
+  distribution samples floats, whole or not)."""
   if distribution.kind == 'choice':
     return distribution.choices
+  if distribution.kind == 'float':
+    return (float(distribution.low), float(distribution.high))
   return (distribution.low, distribution.high)
 
 

@@ -15,6 +15,7 @@ resumes it from its last checkpoint. A failed trial that was retried does not co
 """
 import contextlib
 import dataclasses
+import fcntl
 import os
 import socket
 import threading
@@ -23,12 +24,14 @@ import warnings
 from pathlib import Path
 
 import optuna
+from absl import logging
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tlflax import config as config_lib
 from tlflax.errors import ConfigError
 from tlflax.resume import listing
+from tlflax.sweep.runner import RESULT_NEUTRAL
 
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 300
@@ -73,18 +76,36 @@ def open_storage(url: str):
 
 
 def _rdb_storage(url: str, attempts: int = 5):
-  """Optuna's RDBStorage; when workers start together on a new database, the ones that lose
-  the race to make its tables try again."""
+  """Optuna's RDBStorage. Workers that start together on a new database would race to make its
+  tables: on an SQLite file they take turns (a lock file beside it); on a server, the ones that
+  lose try again."""
   import sqlalchemy
   # a worker waits for another's write rather than failing with "database is locked"
   kwargs = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else None
-  for attempt in range(attempts):
+  database = url.removeprefix('sqlite:///') if url.startswith('sqlite:///') else None
+  lock = (file_lock(Path(f'{database}.lock')) if database and Path(database).parent.is_dir()
+          else contextlib.nullcontext())
+  with lock:
+    for attempt in range(attempts):
+      try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+      except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
+        if attempt == attempts - 1 or not (isinstance(e, sqlalchemy.exc.IntegrityError)
+                                           or 'already exists' in str(e)):
+          raise
+        time.sleep(1 + attempt)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+  """An exclusive lock on `path` (`flock`: across processes on one host, and on shared
+  filesystems that support it, as NFSv4 does)."""
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except sqlalchemy.exc.IntegrityError:
-      if attempt == attempts - 1:
-        raise
-      time.sleep(1 + attempt)
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_study(storage, name: str, search: dict, direction: str, sampler, pruner):
@@ -107,7 +128,9 @@ def open_study(storage, name: str, search: dict, direction: str, sampler, pruner
     if recorded['space']['objective'] != search['space']['objective']:
       changed['objective'] = (recorded['space']['objective'], search['space']['objective'])
     what.append(f'another space ({listing(changed)})')
-  config_changes = config_lib.differences(recorded['config'], search['config'])
+  config_changes = {key: values for key, values in
+                    config_lib.differences(recorded['config'], search['config']).items()
+                    if key not in RESULT_NEUTRAL}
   if config_changes:
     what.append(f'another config ({listing(config_changes)})')
   if what:
@@ -180,20 +203,32 @@ def reclaim_stale(study, now: float = None) -> list[int]:
   return reclaimed
 
 
-@contextlib.contextmanager
-def heartbeat(study, trial_id: int):
-  """Records this worker and a heartbeat on the trial every `HEARTBEAT_SECONDS` while the block
-  runs."""
+def claim(study, trial_id: int):
+  """Records this process as the trial's worker, with a first heartbeat."""
   storage = study._storage
   storage.set_trial_system_attr(trial_id, WORKER, {'host': socket.gethostname(),
                                                    'pid': os.getpid(), 'trial': trial_id})
+  storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+
+def still_running(study, trial_id: int) -> bool:
+  """Whether the trial is still this worker's: another one fails a trial it takes for dead."""
+  return study._storage.get_trial(trial_id).state == TrialState.RUNNING
+
+
+@contextlib.contextmanager
+def heartbeat(study, trial_id: int):
+  """Records a heartbeat on the trial every `HEARTBEAT_SECONDS` while the block runs (a write
+  that fails is logged and tried again at the next beat)."""
+  storage = study._storage
   stop = threading.Event()
 
   def beat():
-    while True:
-      storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
-      if stop.wait(HEARTBEAT_SECONDS):
-        return
+    while not stop.wait(HEARTBEAT_SECONDS):
+      try:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+      except Exception as e:  # a dropped connection, say: the next beat tries again
+        logging.warning('Heartbeat of trial id %d not recorded: %s', trial_id, e)
 
   thread = threading.Thread(target=beat, daemon=True, name='tlflax-heartbeat')
   thread.start()
