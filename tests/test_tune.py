@@ -2,6 +2,7 @@
 asks), seeded sampling, and tiny studies through the command line (two workers on one SQLite
 file, kill and resume, pruning, best_config.py)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def load(workdir, name, storage=None):
     ("{'phases.fine_tune.optimizer': choice('adam', ['sgd'])}", 'must be None, bool'),
     ("{'phases.fine_tune.optimizer': choice('adam', 'adam')}", 'repeats a value'),
     ("{}", 'non-empty dict'),
+    ("{'phases.fine_tune.learning_rate': uniform(0.0, 0.5, step=0.3)}",
+     'step does not divide the range'),
     ("1 / 0", 'failed: ZeroDivisionError'),
 ])
 def test_a_bad_space_file_is_one_error_naming_the_key(tmp_path, body, message):
@@ -99,7 +102,9 @@ def test_space_keys_are_checked_against_the_config_before_any_trial(tiny_run, tm
                         ("{'phases.fine_tune.epochs': uniform(2, 6)}",
                          r'uniform\(2, 6\) samples 2.0: phases.fine_tune.epochs must be int'),
                         ("{'phases.fine_tune.optimizer': choice('adam', 3)}",
-                         'samples 3: phases.fine_tune.optimizer must be str')):
+                         'samples 3: phases.fine_tune.optimizer must be str'),
+                        ("{'phases.fine_tune.fine_tune_at': uniform(50, 150)}",
+                         "samples floats, and the config holds 'default' there")):
     with pytest.raises(ConfigError, match=message):
       check(body)
 
@@ -116,10 +121,16 @@ def test_a_study_made_for_another_search_is_refused(tiny_run, tmp_path):
   storage = study_lib.open_storage(study_lib.default_storage(tmp_path))
   space, search = search_record("{'phases.fine_tune.learning_rate': log_uniform(1e-5, 1e-3)}",
                                 tmp_path, tiny_run)
-  study_lib.open_study(storage, 's', search, 'maximize', None, None)
+  study = study_lib.open_study(storage, 's', search, 'maximize', None, None)
   study_lib.open_study(storage, 's', search, 'maximize', None, None)  # the same search: fine
   _, other = search_record("{'phases.fine_tune.learning_rate': log_uniform(1e-5, 1e-2)}",
                            tmp_path, tiny_run)
+  # a study where nothing finished training (say every trial failed on a missing folder) goes
+  # on with the corrected search; once a trial has finished, the search is fixed
+  study_lib.open_study(storage, 's', other, 'maximize', None, None)
+  study_lib.open_study(storage, 's', search, 'maximize', None, None)
+  trial = study.ask()
+  study.tell(trial, 0.5)
   with pytest.raises(ConfigError, match=r"study 's' .* another space \(phases.fine_tune."
                                         r"learning_rate: 'log_uniform\(1e-05, 0.001\)' -> "):
     study_lib.open_study(storage, 's', other, 'maximize', None, None)
@@ -132,6 +143,11 @@ def test_a_study_made_for_another_search_is_refused(tiny_run, tmp_path):
 
 
 def test_storage_urls_that_cannot_be_opened_are_one_line(tmp_path):
+  for url in ('sqlite:///', 'sqlite:///:memory:'):
+    with pytest.raises(ConfigError, match='a database in memory: the study would be lost'):
+      study_lib.open_storage(url)
+  with pytest.raises(ConfigError, match=r'a folder name with \?, # or %'):
+    study_lib.default_storage(tmp_path / 'what?x')
   with pytest.raises(ConfigError, match=r'--storage=sqlite:////no/such/dir/x.db: cannot open'):
     study_lib.open_storage('sqlite:////no/such/dir/x.db')
   with pytest.raises(ConfigError, match=r'--storage=nonsense: cannot open'):
@@ -174,6 +190,29 @@ def test_a_trial_whose_worker_died_is_failed_and_retried_once(tmp_path):
   assert study_lib.reclaim_stale(study) == []
   assert study_lib.reclaim_stale(study, time.time() + study_lib.GRACE_SECONDS + 1) == [1]
   assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
+  assert study_lib.tally(study) == study_lib.Tally(finished=1, running=0, waiting=0)
+
+
+def test_an_interrupted_trial_is_retried_every_time_one_whose_worker_died_once(tmp_path):
+  study = optuna.create_study(storage=study_lib.default_storage(tmp_path), study_name='s')
+
+  def fail(trial, error):
+    study._storage.set_trial_user_attr(trial._trial_id, 'error', error)
+    study.tell(trial, state=TrialState.FAIL)
+    return study._storage.get_trial(trial._trial_id)
+
+  first = study.ask()
+  log_uniform(1e-3, 1.0).suggest(first, 'x')
+  study_lib.retry(study, fail(first, 'interrupted by SIGTERM'))
+  second = study.ask()  # the retry, interrupted again: queued again
+  study_lib.retry(study, fail(second, 'interrupted by SIGTERM'))
+  third = study.ask()
+  study_lib.retry(study, fail(third, study_lib.STOPPED), stale=True)  # its worker died: once
+  fourth = study.ask()
+  study_lib.retry(study, fail(fourth, study_lib.STOPPED), stale=True)  # and again: no more
+  trials = study.get_trials()
+  assert len(trials) == 4 and len({json.dumps(t.params) for t in trials}) == 1
+  assert study_lib.retry_history(trials[3]) == [0, 1, 2]
   assert study_lib.tally(study) == study_lib.Tally(finished=1, running=0, waiting=0)
 
 
@@ -264,8 +303,7 @@ def fake_train(search, trial, name, params):
 def fake_search(tiny_run, tmp_path, name, seed=0, trials=6):
   space = space_lib.load_space(write_space(tmp_path / f'{name}.py', PHASE_2_SPACE))
   search = runner.Search(tiny_run, None, space, tmp_path / name, trials, seed)
-  study = runner.open_search(search, study_lib.default_storage(tmp_path / name), name,
-                             'median', 3)
+  study = runner.open_search(search, None, name, 'median', 3)
   return search, study
 
 
@@ -278,7 +316,7 @@ def test_the_worker_loop_samples_reproducibly_with_a_seed(tiny_run, tmp_path, mo
     draws[name] = [t.params for t in study.trials]
   assert draws['a'] == draws['b'] != draws['c']
   assert json.loads((tmp_path / 'a' / 'study.json').read_text()) == {
-      'storage': study_lib.default_storage(tmp_path / 'a'), 'study': 'a'}
+      'storage': 'WORKDIR/study.db', 'study': 'a'}  # the default storage moves with the workdir
 
 
 def test_a_worker_waits_for_trials_elsewhere_and_retries_one_whose_heartbeat_stops(
@@ -361,8 +399,11 @@ def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(
       best.params['phases.fine_tune.learning_rate'], rel=1e-12)
   assert f"Best: trial {best.number} (trial_000{best.number})" in (
       workdir / 'results.md').read_text()
-  for name in ('importances.png', 'history.png', 'curves.png'):
-    assert (workdir / name).stat().st_size > 5000, name
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in ('importances.png', 'history.png', 'curves.png', 'results.md', 'best_config.py'):
+    assert (workdir / name).stat().st_size > 1000, name
+    assert (workdir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # readable by all
   import importlib.util
   monkeypatch.chdir(ROOT)  # where the tuner ran: best_config.py names its base file from there
   assert "BASE_FILE = 'configs/cats_dogs.py'" in (workdir / 'best_config.py').read_text()
@@ -482,6 +523,13 @@ def test_a_bad_sample_fails_its_trial_alone_and_bad_input_stops_before_any(tiny_
   assert all('weight_decay' in t.user_attrs['error'] for t in failed)
   assert all(t.state == TrialState.COMPLETE for t in trials if t not in failed)
   assert 'weight_decay' in (workdir / 'results.md').read_text()
+  # a study whose trials all fail ends with one line and status 1
+  doomed = write_space(tmp_path / 'doomed.py', "{'phases.fine_tune.optimizer': choice('rmsprop'), "
+                       "'phases.fine_tune.weight_decay': uniform(0.01, 0.1)}")
+  code, output = tuner(tmp_path / 'doomed', doomed, tiny_flags, '--trials=2')
+  assert code == 1 and output.strip().splitlines()[-1].startswith(
+      "error: all 2 finished trials failed; trial 0: trial trial_0000: phases.fine_tune: "
+      "weight_decay is adamw's"), output
   # bad input: one line, and no trial started
   bad = write_space(tmp_path / 'bad.py', "{'phases.fine_tune.learnig_rate': log_uniform(1, 2)}")
   for extra, message in (

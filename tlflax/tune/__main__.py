@@ -65,10 +65,9 @@ def main(argv):
                                  config_flags.get_override_values(FLAGS['config']))
     search = runner.Search(FLAGS.config, source, space, workdir, FLAGS.trials, FLAGS.seed,
                            FLAGS.prune_warmup)
-    storage = FLAGS.storage or study_lib.default_storage(workdir)
     if FLAGS.report and not (workdir / runner.STUDY_FILE).is_file():
       raise errors.ConfigError(f'--report: {workdir} holds no study yet')
-    study = runner.open_search(search, storage, FLAGS.study or space.name, FLAGS.pruner,
+    study = runner.open_search(search, FLAGS.storage, FLAGS.study or space.name, FLAGS.pruner,
                                FLAGS.prune_after)
     start = time.perf_counter()
     try:
@@ -79,6 +78,11 @@ def main(argv):
         report.write(study, workdir, space, source)
       raise
     best = report.write(study, workdir, space, source)
+    failed = [t for t in study_lib.counted(study.get_trials(deepcopy=False))
+              if t.state.is_finished()]
+    if failed and all(t.state.name == 'FAIL' for t in failed):
+      raise errors.ConfigError(f'all {len(failed)} finished trials failed; trial '
+                               f"{failed[0].number}: {failed[0].user_attrs.get('error')}")
     summary = (f"best: trial {best['trial']}, {space.objective.describe()} {best['value']:.4g}; "
                f'{workdir}/best_config.py trains it again' if best else 'no trial complete yet')
     print(f'tuner done in {time.perf_counter() - start:.0f} s; {summary}; see '

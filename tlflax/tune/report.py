@@ -36,10 +36,17 @@ def _replace(path: Path, write):
   os.close(handle)
   try:
     write(Path(temporary))
+    os.chmod(temporary, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
     os.replace(temporary, path)
   except BaseException:
     Path(temporary).unlink(missing_ok=True)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def rows(study, workdir: Path, objective) -> list[dict]:
@@ -109,9 +116,9 @@ def markdown(name: str, table: list[dict], keys: list, objective, best) -> str:
   cell = sweep_report._cell  # 4 significant digits, no '|'
   metrics = ['test_accuracy', 'test_loss', 'seconds']
   counts = {state: sum(row['state'] == state for row in table) for state in STATE_NAMES.values()}
-  lines = [f'# Study {name}: {len(table)} trials',
-           '', f'Objective: {objective.describe()} ({objective.direction}d). '
-           + ', '.join(f'{n} {state}' for state, n in counts.items() if n) + '.', '']
+  states = ', '.join(f'{n} {state}' for state, n in counts.items() if n) or 'no trial yet'
+  lines = [f'# Study {name}: {len(table)} trials', '',
+           f'Objective: {objective.describe()} ({objective.direction}d). {states}.', '']
   if best is not None:
     lines += [f"Best: trial {best['trial']} ({best['folder']}), {cell(best['value'])}, with "
               + ', '.join(f'`{k}={best["params"][k]!r}`' for k in keys)
@@ -138,10 +145,9 @@ def _optuna_figures(study, workdir: Path):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import optuna
   from optuna.visualization import matplotlib as optuna_plots
-  with warnings.catch_warnings():  # the matplotlib plots are "experimental"
-    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+  with warnings.catch_warnings():  # "experimental" plots; PED-ANOVA's note on few trials
+    warnings.simplefilter('ignore')
     for name, plot in (('importances', optuna_plots.plot_param_importances),
                        ('history', optuna_plots.plot_optimization_history)):
       axes = plot(study)
@@ -173,7 +179,8 @@ def best_config(source: ConfigSource, best: dict, study_name: str, objective) ->
 
     python main.py --config={{this file}} --workdir=DIR
 
-trains it again, run from the folder the tuner ran in (BASE_FILE is relative to it); written by
+trains it again, run from the folder the tuner ran in (BASE_FILE is relative to it; it is read
+when this file runs, so an edit of it changes what this trains); written by
 `python -m tlflax.tune`.
 """
 import importlib.util

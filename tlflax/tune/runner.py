@@ -37,6 +37,7 @@ from tlflax.workdir import writable
 
 PRUNERS = ('median', 'hyperband', 'none')
 STUDY_FILE = 'study.json'  # which storage and study a tuner workdir belongs to
+DEFAULT_STORAGE = 'WORKDIR/study.db'  # how study.json names the default storage
 POLL_SECONDS = 5  # how often a worker with no trial to start looks at the study again
 
 
@@ -63,6 +64,28 @@ def check_space(base: ml_collections.ConfigDict, space: Space):
       except ConfigError as e:
         raise ConfigError(f'space: {key}: {distribution.describe()} samples {value!r}: {e}') \
             from e
+    if distribution.kind == 'float' and declared_type(key) is not float:
+      base_value = config_value(base, key)  # a setting of any type (fine_tune_at): as given
+      if isinstance(base_value, (int, str)) and not isinstance(base_value, bool):
+        raise ConfigError(f'space: {key}: {distribution.describe()} samples floats, and the '
+                          f'config holds {base_value!r} there: use integer() or choice()')
+
+
+def config_value(config, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def declared_type(key: str):
+  """The type tlflax's defaults declare for `key` (a phase's settings: `config.phase`'s)."""
+  parts = key.split('.')
+  reference, path = ((config_lib.phase(0, 'adam', 1.0), parts[2:]) if parts[0] == 'phases'
+                     else (config_lib.defaults(), parts))
+  for part in path[:-1]:
+    reference = reference[part]
+  return reference.get_type(path[-1])
 
 
 def check_workdir(workdir: Path, storage_url: str, study_name: str):
@@ -72,7 +95,8 @@ def check_workdir(workdir: Path, storage_url: str, study_name: str):
     stored = json.loads(path.read_text())
     if stored != {'storage': storage_url, 'study': study_name}:
       raise ConfigError(f'{workdir} holds the study {stored["study"]!r} in {stored["storage"]}, '
-                        f'not {study_name!r} in {storage_url}: use another --workdir')
+                        f'not {study_name!r} in {storage_url}: give this search its own '
+                        '--workdir')
 
 
 def record_workdir(workdir: Path, storage_url: str, study_name: str):
@@ -99,19 +123,21 @@ def sampler_for(seed: int, number: int):
   return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
 
 
-def open_search(search: Search, storage_url: str, study_name: str, pruner: str,
+def open_search(search: Search, storage: Optional[str], study_name: str, pruner: str,
                 prune_after: int):
   """The search's study, after the checks that need no trial (the space against the config,
   the workdir against the study, the storage, the study against the search)."""
   check_space(search.base, search.space)
-  check_workdir(search.workdir, storage_url, study_name)
+  label = storage or DEFAULT_STORAGE  # the default moves with the workdir
+  check_workdir(search.workdir, label, study_name)
+  storage_url = storage or study_lib.default_storage(search.workdir)
   epochs = sum(settings.epochs for _, settings in config_lib.ordered_phases(search.base))
   study = study_lib.open_study(
       study_lib.open_storage(storage_url), study_name,
       {'space': search.space.as_json(), 'config': config_as_json(search.base)},
       search.space.objective.direction, sampler_for(search.seed, 0),
       make_pruner(pruner, prune_after, max(epochs, 1)))
-  record_workdir(search.workdir, storage_url, study_name)
+  record_workdir(search.workdir, label, study_name)
   return study
 
 
@@ -280,6 +306,9 @@ def shared_first_phase(search: Search, config, name: str) -> Optional[Path]:
   if shared != trials_lib.shared_name(search.base, 1):
     return None
   folder = writable(search.workdir / sweep_runner.SHARED, 'the shared phases folder')
+  if not (folder / shared / 'test_metrics.json').is_file():
+    logging.info('Trial %s starts from the shared first phase %s (another worker may be training '
+                 'it: waiting for its lock)', name, folder / shared)
   with study_lib.file_lock(folder / f'{shared}.lock'):
     return sweep_runner.train_shared_phase(
         search.workdir, sweep_runner.Trial(-1, name, {}, config, shared))

@@ -95,6 +95,10 @@ def check(key: str, distribution) -> Distribution:
     raise ConfigError(f'space key {key!r}: {d.describe()}: a logarithmic range needs low > 0')
   if d.step is not None and d.step <= 0:
     raise ConfigError(f'space key {key!r}: {d.describe()}: step must be positive')
+  if d.step is not None and not math.isclose(
+      round((d.high - d.low) / d.step) * d.step, d.high - d.low, rel_tol=1e-9, abs_tol=1e-12):
+    raise ConfigError(f'space key {key!r}: {d.describe()}: step does not divide the range '
+                      '(high - low)')
   if d.log and d.step not in (None, 1):
     raise ConfigError(f'space key {key!r}: {d.describe()}: a logarithmic range takes no step')
   return d

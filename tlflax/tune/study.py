@@ -41,12 +41,22 @@ SURPLUS = 'tlflax_surplus'  # system attribute: asked when the study already had
 SEARCH = 'tlflax_search'  # study user attribute: the space, objective and base config
 
 
-def retry(study, failed):
-  """Queues a retry of the `failed` trial (a `FrozenTrial`) with its values and its
-  intermediate values, unless it is a retry already."""
+STOPPED = 'its worker stopped'  # the error of a trial taken back from a dead worker
+
+
+def retry(study, failed, stale: bool = False):
+  """Queues a retry of the `failed` trial (a `FrozenTrial`) with its values and intermediate
+  values, as Optuna's `RetryHeartbeatStaleTrialCallback` does. A trial whose worker died
+  (`stale`) is retried once: not when a trial of its retries died already. An interrupted one
+  (a preempted job, say) is retried every time."""
+  chain = {*retry_history(failed), failed.number}
+  if stale and any(t.number in chain and t.number != failed.number
+                   and t.user_attrs.get('error') == STOPPED
+                   for t in study.get_trials(deepcopy=False)):
+    return
   with warnings.catch_warnings():  # Optuna calls the callback "experimental"
     warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-    RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)(study, failed)
+    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, failed)
 
 
 def retry_history(trial) -> list[int]:
@@ -55,12 +65,20 @@ def retry_history(trial) -> list[int]:
 
 
 def default_storage(workdir: Path) -> str:
-  return f'sqlite:///{Path(workdir).resolve() / "study.db"}'
+  """sqlite:///WORKDIR/study.db (a workdir whose name a URL would misread is refused)."""
+  path = Path(workdir).resolve() / 'study.db'
+  if any(c in str(path) for c in '?#%'):
+    raise ConfigError(f'{workdir}: a folder name with ?, # or % cannot be in an SQLite URL; '
+                      'name another --workdir, or a --storage')
+  return f'sqlite:///{path}'
 
 
 def open_storage(url: str):
   """The Optuna storage `url` names; a `ConfigError` naming it if it cannot be opened."""
   try:
+    if url.startswith('sqlite') and url.split('///', 1)[-1].split('?')[0] in ('', ':memory:'):
+      raise ConfigError(f'--storage={url} is a database in memory: the study would be lost '
+                        'when the command ends; name a file (sqlite:///PATH)')
     if url.startswith('journal:'):
       from optuna.storages.journal import JournalFileBackend
       path = Path(url.removeprefix('journal:'))
@@ -133,9 +151,15 @@ def open_study(storage, name: str, search: dict, direction: str, sampler, pruner
                     if key not in RESULT_NEUTRAL}
   if config_changes:
     what.append(f'another config ({listing(config_changes)})')
-  if what:
+  if what and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                      for t in study.get_trials(deepcopy=False)):
+    logging.warning('Study %s had no trial that finished training: it goes on with this '
+                    'search (%s)', name, ' and '.join(what))
+    study.set_user_attr(SEARCH, search)
+  elif what:
     raise ConfigError(f'study {name!r} in this storage was made with {" and ".join(what)}; '
-                      'name another --study (or --workdir) for a new search')
+                      'give this search its own --workdir (and --study, where the storage is '
+                      'shared)')
   return study
 
 
@@ -196,9 +220,9 @@ def reclaim_stale(study, now: float = None) -> list[int]:
   for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
     if is_stale(trial, now):
       with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial._trial_id, 'error', 'its worker stopped')
+        storage.set_trial_user_attr(trial._trial_id, 'error', STOPPED)
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-          retry(study, storage.get_trial(trial._trial_id))
+          retry(study, storage.get_trial(trial._trial_id), stale=True)
           reclaimed.append(trial.number)
   return reclaimed
 
