@@ -176,7 +176,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried_once(tmp_path):
   import socket
   storage.set_trial_system_attr(trial._trial_id, study_lib.WORKER, {
       'host': socket.gethostname(), 'pid': dead_pid(), 'trial': trial._trial_id})
-  assert study_lib.reclaim_stale(study) == [0]
+  assert study_lib.reclaim_stale(study) == [(0, True)]
   failed, retry = study.get_trials()
   assert failed.state == TrialState.FAIL and failed.user_attrs['error'] == 'its worker stopped'
   assert retry.state == TrialState.WAITING and retry.params == failed.params
@@ -188,7 +188,8 @@ def test_a_trial_whose_worker_died_is_failed_and_retried_once(tmp_path):
   assert popped.number == 1 and runner.trial_folder(storage.get_trial(popped._trial_id)) == \
       'trial_0000'
   assert study_lib.reclaim_stale(study) == []
-  assert study_lib.reclaim_stale(study, time.time() + study_lib.GRACE_SECONDS + 1) == [1]
+  assert study_lib.reclaim_stale(study, time.time() + study_lib.GRACE_SECONDS + 1) == [
+      (1, False)]
   assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
   assert study_lib.tally(study) == study_lib.Tally(finished=1, running=0, waiting=0)
 

@@ -35,7 +35,6 @@ from tlflax.tune import report, study as study_lib
 from tlflax.tune.space import Space, corners
 from tlflax.workdir import writable
 
-PRUNERS = ('median', 'hyperband', 'none')
 STUDY_FILE = 'study.json'  # which storage and study a tuner workdir belongs to
 DEFAULT_STORAGE = 'WORKDIR/study.db'  # how study.json names the default storage
 POLL_SECONDS = 5  # how often a worker with no trial to start looks at the study again
@@ -148,9 +147,10 @@ def work(search: Search, study, timeout: Optional[float] = None) -> int:
   start = time.perf_counter()
   ran, waiting = 0, False
   while True:
-    for number in study_lib.reclaim_stale(study):
-      print(f'trial {number}: its worker stopped; it is retried from its last checkpoint',
-            flush=True)
+    for number, queued in study_lib.reclaim_stale(study):
+      print(f'trial {number}: its worker stopped; ' + (
+          'it is retried from its last checkpoint' if queued else
+          'it was a retry of a trial whose worker stopped too: it stays failed'), flush=True)
     tally = study_lib.tally(study)
     if tally.finished >= search.trials:
       break

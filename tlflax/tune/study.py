@@ -44,19 +44,20 @@ SEARCH = 'tlflax_search'  # study user attribute: the space, objective and base 
 STOPPED = 'its worker stopped'  # the error of a trial taken back from a dead worker
 
 
-def retry(study, failed, stale: bool = False):
+def retry(study, failed, stale: bool = False) -> bool:
   """Queues a retry of the `failed` trial (a `FrozenTrial`) with its values and intermediate
   values, as Optuna's `RetryHeartbeatStaleTrialCallback` does. A trial whose worker died
   (`stale`) is retried once: not when a trial of its retries died already. An interrupted one
-  (a preempted job, say) is retried every time."""
+  (a preempted job, say) is retried every time. Whether it was queued."""
   chain = {*retry_history(failed), failed.number}
   if stale and any(t.number in chain and t.number != failed.number
                    and t.user_attrs.get('error') == STOPPED
                    for t in study.get_trials(deepcopy=False)):
-    return
+    return False
   with warnings.catch_warnings():  # Optuna calls the callback "experimental"
     warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
     RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, failed)
+  return True
 
 
 def retry_history(trial) -> list[int]:
@@ -212,8 +213,9 @@ def is_stale(trial, now: float) -> bool:
   return (own and _process_gone(worker)) or now - beat > GRACE_SECONDS
 
 
-def reclaim_stale(study, now: float = None) -> list[int]:
-  """Marks the stale running trials failed and queues their retries; their numbers."""
+def reclaim_stale(study, now: float = None) -> list[tuple[int, bool]]:
+  """Marks the stale running trials failed and queues their retries; (number, whether a retry
+  was queued) of each."""
   now = time.time() if now is None else now
   storage = study._storage  # Optuna's own fail_stale_trials works on it the same way
   reclaimed = []
@@ -222,8 +224,8 @@ def reclaim_stale(study, now: float = None) -> list[int]:
       with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_user_attr(trial._trial_id, 'error', STOPPED)
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-          retry(study, storage.get_trial(trial._trial_id), stale=True)
-          reclaimed.append(trial.number)
+          queued = retry(study, storage.get_trial(trial._trial_id), stale=True)
+          reclaimed.append((trial.number, queued))
   return reclaimed
 
 
