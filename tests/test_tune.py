@@ -131,8 +131,9 @@ def test_a_study_made_for_another_search_is_refused(tiny_run, tmp_path):
   study_lib.open_study(storage, 's', search, 'maximize', None, None)
   trial = study.ask()
   study.tell(trial, 0.5)
-  with pytest.raises(ConfigError, match=r"study 's' .* another space \(phases.fine_tune."
-                                        r"learning_rate: 'log_uniform\(1e-05, 0.001\)' -> "):
+  with pytest.raises(ConfigError, match=r"study 's' .* another space \(distributions.phases."
+                                        r"fine_tune.learning_rate: 'log_uniform\(1e-05, "
+                                        r"0.001\)' -> 'log_uniform\(1e-05, 0.01\)'\)"):
     study_lib.open_study(storage, 's', other, 'maximize', None, None)
   changed = tiny_run.copy_and_resolve_references()
   changed.batch_size = 2
@@ -303,7 +304,7 @@ def fake_train(search, trial, name, params):
 
 def fake_search(tiny_run, tmp_path, name, seed=0, trials=6):
   space = space_lib.load_space(write_space(tmp_path / f'{name}.py', PHASE_2_SPACE))
-  search = runner.Search(tiny_run, None, space, tmp_path / name, trials, seed)
+  search = runner.Search(tiny_run, space, tmp_path / name, trials, seed)
   study = runner.open_search(search, None, name, 'median', 3)
   return search, study
 

@@ -63,7 +63,7 @@ def main(argv):
     file, _, variant = FLAGS['config'].config_filename.partition(':')
     source = report.ConfigSource(file, variant,
                                  config_flags.get_override_values(FLAGS['config']))
-    search = runner.Search(FLAGS.config, source, space, workdir, FLAGS.trials, FLAGS.seed,
+    search = runner.Search(FLAGS.config, space, workdir, FLAGS.trials, FLAGS.seed,
                            FLAGS.prune_warmup)
     if FLAGS.report and not (workdir / runner.STUDY_FILE).is_file():
       raise errors.ConfigError(f'--report: {workdir} holds no study yet')

@@ -31,7 +31,7 @@ from tlflax.errors import ConfigError, RunError, TrainingDiverged
 from tlflax.resume import config_as_json
 from tlflax.sweep import runner as sweep_runner
 from tlflax.sweep import trials as trials_lib
-from tlflax.tune import report, study as study_lib
+from tlflax.tune import study as study_lib
 from tlflax.tune.space import Space, corners
 from tlflax.workdir import writable
 
@@ -44,7 +44,6 @@ POLL_SECONDS = 5  # how often a worker with no trial to start looks at the study
 class Search:
   """What the workers of one study share."""
   base: ml_collections.ConfigDict
-  base_source: report.ConfigSource  # how to write the base config again (best_config.py)
   space: Space
   workdir: Path
   trials: int
@@ -223,8 +222,8 @@ def run_trial(search: Search, study, trial) -> str:
       return 'taken over by another worker, which took it for dead: left to it'
     except optuna.TrialPruned:
       study.tell(trial, state=TrialState.PRUNED)
-      last = max(trial_steps(study, trial), default=None)
-      return f'pruned after epoch {last}'
+      reported = study._storage.get_trial(trial._trial_id).intermediate_values
+      return f'pruned after epoch {max(reported)}'
     except (ConfigError, TrainingDiverged) as e:  # the sample's own: this trial alone fails
       trial.set_user_attr('error', str(e))
       study.tell(trial, state=TrialState.FAIL)
@@ -249,10 +248,6 @@ def run_trial(search: Search, study, trial) -> str:
   value = objective.value(history)
   study.tell(trial, value, skip_if_finished=True)  # unless another worker took it over
   return f'complete: {objective.describe()} {value:.4g}'
-
-
-def trial_steps(study, trial) -> list:
-  return list(study._storage.get_trial(trial._trial_id).intermediate_values)
 
 
 def train(search: Search, trial, name: str, params: dict) -> dict:

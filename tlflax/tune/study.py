@@ -137,16 +137,9 @@ def open_study(storage, name: str, search: dict, direction: str, sampler, pruner
     study.set_user_attr(SEARCH, search)
     return study
   what = []
-  if recorded['space'] != search['space']:
-    changed = {key: (recorded['space']['distributions'].get(key),
-                     search['space']['distributions'].get(key))
-               for key in recorded['space']['distributions'].keys()
-               | search['space']['distributions'].keys()
-               if recorded['space']['distributions'].get(key)
-               != search['space']['distributions'].get(key)}
-    if recorded['space']['objective'] != search['space']['objective']:
-      changed['objective'] = (recorded['space']['objective'], search['space']['objective'])
-    what.append(f'another space ({listing(changed)})')
+  space_changes = config_lib.differences(recorded['space'], search['space'])
+  if space_changes:
+    what.append(f'another space ({listing(space_changes)})')
   config_changes = {key: values for key, values in
                     config_lib.differences(recorded['config'], search['config']).items()
                     if key not in RESULT_NEUTRAL}
