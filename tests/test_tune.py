@@ -458,6 +458,8 @@ def test_killed_workers_resume_their_trials_and_the_study_ends_with_its_trials(
   output = process.communicate(timeout=300)[0]
   assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), output
   assert 'trial 0 is queued to run again (from its last checkpoint' in output.splitlines()[-1]
+  # the interrupted worker wrote the report of the study so far: trial 0's retry, queued
+  assert '| 1 | queued |' in (workdir / 'results.md').read_text()
   # the rerun resumes it (as trial 1) in its folder; SIGKILL during the next trial (2)
   process = tuner(workdir, space, flags, *args, wait=False)
   wait_for(workdir / 'trial_0002' / 'checkpoints' / '3', process)

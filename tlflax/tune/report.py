@@ -49,7 +49,7 @@ def _umask() -> int:
   return mask
 
 
-def rows(study, workdir: Path, objective) -> list[dict]:
+def rows(study, workdir: Path) -> list[dict]:
   """A row per counted trial, in number order."""
   from tlflax.tune import study as study_lib
   result = []
@@ -82,7 +82,7 @@ def write(study, workdir: Path, space, source: ConfigSource) -> dict:
   """Every results file of the study in `workdir`; the best trial's row (None before one
   completes)."""
   objective = space.objective
-  table = rows(study, workdir, objective)
+  table = rows(study, workdir)
   complete = [row for row in table if row['state'] == 'complete']
   best = (max if objective.direction == 'maximize' else min)(
       complete, key=lambda row: row['value']) if complete else None
