@@ -5,6 +5,8 @@
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=predict --inputs=PATH \
         [--output=FILE.csv]
     python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=export [--quantize=int8]
+    python main.py --config=configs/cats_dogs.py --workdir=DIR --mode=explain --inputs=PATH \
+        [--output=FOLDER]
     python main.py --workdir=DIR --mode=predict --model=DIR/export/model.tflite --inputs=PATH
 
 Training uses every local device (data parallelism). On several hosts, start the same command on
@@ -22,15 +24,17 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, history, plots and outputs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export', 'lr_find'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'evaluate', 'predict', 'explain', 'export', 'lr_find'],
                   'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'],
                   'evaluate: the split to evaluate (per-class report in WORKDIR/evaluation/).')
-flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict, export: the checkpoint to use: '
-                    'latest (the newest that restores), ema (its average of the weights, '
+flags.DEFINE_string('checkpoint', 'latest', 'evaluate, predict, explain, export: the checkpoint '
+                    'to use: latest (the newest that restores), ema (its average of the weights, '
                     'train.ema_decay), best (by the best_metric the run was trained with, kept '
                     'besides the latest checkpoints_to_keep) or an epoch.')
-flags.DEFINE_string('inputs', None, 'predict: an image, a folder (recursive) or a glob pattern.')
+flags.DEFINE_string('inputs', None, 'predict, explain: an image, a folder (recursive) or a glob '
+                    'pattern.')
 flags.DEFINE_string('model', None, 'predict: an exported .tflite file (with its labels.txt) to '
                     'classify with instead of a checkpoint; --config is then optional.')
 flags.DEFINE_string('formats', 'saved_model,tflite,keras',
@@ -41,7 +45,8 @@ flags.DEFINE_enum('quantize', 'none', ['none', 'int8', 'int8_full'],
                   '(int8_full: smaller and faster, less faithful).')
 flags.DEFINE_string('output', None, 'predict: the CSV file to write (it must not exist); default '
                     'WORKDIR/predictions_<source>.csv, numbered _2, _3, ... rather than replacing '
-                    'an earlier one.')
+                    'an earlier one. explain: the folder to write (new, or empty); default '
+                    'WORKDIR/explain_<source>/, numbered the same way.')
 flags.DEFINE_string('phase', None, 'lr_find: the phase to test (default: the first).')
 flags.DEFINE_list('lr_range', ['1e-7', '1'], 'lr_find: the lowest and highest rate.')
 flags.DEFINE_integer('lr_steps', 100, 'lr_find: the most steps (the test stops earlier when the '
@@ -60,8 +65,10 @@ for name, what in (('inputs', 'images'), ('model', 'a .tflite file'), ('output',
 
 
 # Flags that only these modes read; given with another mode they are a usage error.
-MODE_FLAGS = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict', 'export'),
-              'inputs': ('predict',), 'model': ('predict',), 'output': ('predict',),
+MODE_FLAGS = {'split': ('evaluate',),
+              'checkpoint': ('evaluate', 'predict', 'explain', 'export'),
+              'inputs': ('predict', 'explain'), 'model': ('predict',),
+              'output': ('predict', 'explain'),
               'formats': ('export',),
               'quantize': ('export',), 'allow_config_change': ('train', 'evaluate'),
               'calibrated': ('predict', 'export'), 'phase': ('lr_find',),
@@ -74,6 +81,7 @@ INTERRUPTED_OUTCOMES = {
     'evaluate': 'the report is written at the end: run it again',
     'export': 'export/ was not changed',
     'predict': 'no image was classified yet, so no CSV was written',
+    'explain': 'no image was explained yet, so nothing was written',
     'lr_find': 'the run in the workdir was not changed'}
 
 
@@ -95,8 +103,8 @@ def main(argv):
                          'image once')
   if FLAGS.config is None and not FLAGS.model:
     raise app.UsageError('--config is required (except for --mode=predict --model=FILE)')
-  if FLAGS.mode == 'predict' and not FLAGS.inputs:
-    raise app.UsageError('--mode=predict needs --inputs=PATH')
+  if FLAGS.mode in ('predict', 'explain') and not FLAGS.inputs:
+    raise app.UsageError(f'--mode={FLAGS.mode} needs --inputs=PATH')
   with cli.run_errors_as_one_line(INTERRUPTED_OUTCOMES[FLAGS.mode]):
     cli.prepare_process()
     import jax
@@ -113,7 +121,8 @@ def main(argv):
       report = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split,
                                          FLAGS.allow_config_change, FLAGS.checkpoint)
       print(evaluation.format_report(report, FLAGS.split))
-      print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures')
+      print(f'wrote {os.path.join(FLAGS.workdir, "evaluation", FLAGS.split)}.json and figures, '
+            f'and {os.path.join(FLAGS.workdir, "report.html")}')
     elif FLAGS.mode == 'lr_find':
       from tlflax import lr_find
       low, high = lr_find.parse_range(FLAGS.lr_range)
@@ -121,6 +130,14 @@ def main(argv):
                                   FLAGS.lr_steps)
       print(f"suggested learning rate {result['suggestion']:.3g} ({result['stopped']}); wrote "
             f"{os.path.join(FLAGS.workdir, lr_find.FOLDER)}/")
+    elif FLAGS.mode == 'explain':
+      from tlflax import explain
+      folder = None
+      for path, label, probability, overlay in explain.explain_images(
+          FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint, FLAGS.output):
+        print(f'{path}\t{label}\t{probability:.4f}\t{overlay}')
+        folder = overlay.parent
+      print(f'wrote {folder}/ (an overlay per image and gradcam.csv)')
     elif FLAGS.mode == 'export':
       from tlflax.data import decoders
       if not decoders.tensorflow_installed():

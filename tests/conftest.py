@@ -82,3 +82,13 @@ def float32_matmuls():
   import jax
   with jax.default_matmul_precision('highest'):
     yield
+
+
+@pytest.fixture(scope='session')
+def browser():
+  """Headless Chromium (`tests/browser.py`), started once; skips where none is installed, fails
+  in CI."""
+  from browser import Browser
+  chromium = Browser()
+  yield chromium
+  chromium.close()

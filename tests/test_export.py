@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from html_pages import Page
 from keras_reference import random_keras_model
 from runs import ROOT, run_main
 from tlflax import backbones, calibration, parallel
@@ -183,6 +184,13 @@ def test_export_of_the_real_run_gives_its_probabilities_on_400_photos(real_cats_
   assert set(record['files']) == {'saved_model', 'keras', 'tflite', 'tflite_int8'}
   assert record['quantize'] == 'int8' and record['int8_calibration_images'] == 200
   assert record['int8_float_from'] == FIRST_FINE_TUNED
+  exported = {row['kind'].text: row for row in Page(workdir / 'report.html').tables[
+      'export-files']}  # the run page shows the files and their checks
+  assert set(exported) == set(record['files'])
+  for kind, row in exported.items():
+    assert row['file'].href == f"export/{record['files'][kind]}"
+    for key in ('max_abs_difference', 'top1_agreement', 'images'):
+      assert float(row[key].value) == record['checks'][kind][key]
 
   validation = shared_dir / 'data' / 'cats_vs_dogs_mini' / 'validation'
   photos = [path for name in ('cat', 'dog') for path in sorted((validation / name).glob('*.jpg'))]

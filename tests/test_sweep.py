@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
+from browser import assert_renders
+from html_pages import Page
 from runs import ROOT, TINY
 from tlflax.errors import ConfigError
 from tlflax import backbones
@@ -102,6 +104,31 @@ def test_a_restarted_sweep_runs_only_the_remaining_trials_and_reports_all(tiny_r
   assert table.count('| phases.fine_tune.learning_rate=') == 2  # a row per setting
   assert (workdir / 'results.png').stat().st_size and (workdir / 'curves.png').stat().st_size
   assert len(list((workdir / runner.SHARED).iterdir())) == 2  # one phase 1 per seed
+
+
+def test_the_sweep_page_links_each_trial_report_and_sorts_in_a_browser(interrupted_sweep,
+                                                                     browser):
+  workdir, _ = interrupted_sweep
+  page = Page(workdir / 'report.html')
+  with open(workdir / 'results.csv') as f:
+    rows = [r for r in csv.DictReader(f) if r['kind'] == 'trial']
+  trials = page.tables['table-1']
+  assert [r['name'].text for r in trials] == [r['name'] for r in rows]
+  for row, expected in zip(trials, rows):
+    assert row['name'].href == f"{expected['name']}/report.html"
+    assert (workdir / expected['name'] / 'report.html').is_file()
+    assert float(row['test_accuracy'].value) == pytest.approx(float(expected['test_accuracy']),
+                                                              abs=1e-12)
+  means = page.tables['table-2']
+  assert [int(r['trials'].text) for r in means] == [2, 2]
+  assert sorted(page.images) == ['curves.png', 'results.png']
+  assert_renders(browser.check(workdir / 'report.html'))
+  losses = [float(r['test_loss'].value) for r in trials]
+  assert len(set(losses)) > 1  # an order to find
+  ascending = browser.column_after_clicks(workdir / 'report.html', 'table-1', 'test loss', 1)
+  descending = browser.column_after_clicks(workdir / 'report.html', 'table-1', 'test loss', 2)
+  assert [float(v) for v in ascending] == sorted(losses)
+  assert [float(v) for v in descending] == sorted(losses, reverse=True)
 
 
 def test_a_shared_first_phase_ends_with_the_parameters_of_the_trial_alone(

@@ -207,7 +207,7 @@ def test_end_to_end_run_writes_every_output(tiny_run, tmp_path, caplog, monkeypa
   assert all(('WRONG' in t) == (i in grid['marked']) for i, t in enumerate(grid['titles']))
   for name in ('config.json', 'history.json', 'test_metrics.json', 'final_variables.msgpack',
                'learning_curves.png', 'predictions.png', 'phases/feature_extraction',
-               'phases/fine_tune', 'checkpoints'):
+               'phases/fine_tune', 'checkpoints', 'report.html'):
     assert (workdir / name).exists(), name
   for split in ('validation', 'test'):  # the calibration's reliability diagrams
     assert Image.open(workdir / 'evaluation' / f'{split}_reliability.png').size == (500, 500)

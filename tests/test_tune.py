@@ -13,6 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from browser import assert_renders
+from html_pages import Page
 from runs import ROOT
 from tlflax.errors import ConfigError
 from tlflax.tune import choice, integer, log_uniform, uniform
@@ -385,7 +387,7 @@ def test_two_workers_run_each_trial_once(two_workers):
 
 
 def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(
-    two_workers, tmp_path, monkeypatch):
+    two_workers, tmp_path, monkeypatch, browser):
   from tlflax.resume import config_as_json
   from tlflax.train import train_and_evaluate
   workdir, _, _, _ = two_workers
@@ -401,6 +403,17 @@ def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(
       best.params['phases.fine_tune.learning_rate'], rel=1e-12)
   assert f"Best: trial {best.number} (trial_000{best.number})" in (
       workdir / 'results.md').read_text()
+  page = Page(workdir / 'report.html')
+  table = page.tables['table-1']
+  assert [int(r['trial'].text) for r in table] == [0, 1, 2, 3]
+  for row, trial in zip(table, study.trials):
+    assert float(row['value'].value) == trial.value
+    assert row['folder'].href == f"{trial.user_attrs['folder']}/report.html"
+    assert (workdir / row['folder'].href).is_file()
+  assert f'Best: trial {best.number}' in page.all_text
+  assert sorted(page.images) == ['curves.png', 'history.png', 'importances.png']
+  assert 'best_config.py' in page.links
+  assert_renders(browser.check(workdir / 'report.html'))
   umask = os.umask(0)
   os.umask(umask)
   for name in ('importances.png', 'history.png', 'curves.png', 'results.md', 'best_config.py'):

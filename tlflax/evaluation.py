@@ -10,13 +10,14 @@ probability), and, where the report has a calibration, `<split>_reliability.png`
 against confidence before and after temperature scaling). Test-time augmentation's numbers
 ('tta') and the calibration's stand beside the plain numbers, which they do not change.
 """
+import shutil
 from pathlib import Path
 
 import numpy as np
 from jax.experimental import multihost_utils
 from sklearn import metrics as sk_metrics
 
-from tlflax import calibration, plots
+from tlflax import calibration, explain, parallel, plots
 from tlflax import tta as tta_lib
 from tlflax.data import sources
 from tlflax.objectives import TOP_K, Objective
@@ -99,10 +100,17 @@ def evaluate_split(feed, variables: dict, split: str, tta: str = 'none',
   return report
 
 
-def write_report(report: dict, feed, split: str, out_dir: Path):
-  """`<split>.json`, `<split>_confusion.png` and `<split>_mistakes.png` in `out_dir`."""
+def write_report(report: dict, feed, split: str, out_dir: Path, variables: dict):
+  """`<split>.json`, `<split>_confusion.png`, `<split>_mistakes.png` and, in
+  `<split>_gradcam/`, each mistake beside its Grad-CAM map for the predicted class
+  (`tlflax.explain`; the file is named in the mistake's 'gradcam'), in `out_dir`."""
   source = feed.splits[split]
   out_dir.mkdir(parents=True, exist_ok=True)
+  mistakes = report['most_confident_mistakes']
+  images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
+                             feed.config.max_pixels)
+  _write_grad_cams(mistakes, [images[m['index']] for m in mistakes], report['class_names'],
+                   feed, variables, out_dir, f'{split}_gradcam')
   write_json(out_dir / f'{split}.json', report)
   plots.confusion_matrix(np.asarray(report['confusion_matrix']), source.class_names,
                          f'{split}: confusion matrix ({report["count"]} examples)',
@@ -110,13 +118,29 @@ def write_report(report: dict, feed, split: str, out_dir: Path):
   if 'calibration' in report:
     plots.reliability_diagram(report['calibration'], f'{split}: reliability',
                               out_dir / f'{split}_reliability.png')
-  mistakes = report['most_confident_mistakes']
-  images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
-                             feed.config.max_pixels)
   plots.image_gallery([images[m['index']] for m in mistakes],
                       [f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"
                        for m in mistakes],
                       f'{split}: most confident mistakes', out_dir / f'{split}_mistakes.png')
+
+
+def _write_grad_cams(mistakes: list, images: list, class_names: list, feed, variables: dict,
+                     out_dir: Path, folder: str):
+  """`folder`/NN.png per mistake (the image beside its Grad-CAM map for the predicted class),
+  replacing the folder's earlier files; sets each mistake's 'gradcam' to its file."""
+  shutil.rmtree(out_dir / folder, ignore_errors=True)
+  if not mistakes:
+    return
+  (out_dir / folder).mkdir()
+  batch = np.zeros((GALLERY_SIZE, *np.shape(images[0])), np.float32)  # one shape: one compile
+  batch[:len(images)] = images
+  predicted = np.zeros(GALLERY_SIZE, np.int32)
+  predicted[:len(mistakes)] = [class_names.index(m['predicted']) for m in mistakes]
+  maps = explain.make_grad_cam(feed.model, feed.objective)(
+      parallel.to_host(variables), feed.config.preprocessing(batch), predicted)
+  for rank, (mistake, image, heat_map) in enumerate(zip(mistakes, images, np.asarray(maps)), 1):
+    mistake['gradcam'] = f'{folder}/{rank:02d}.png'
+    explain.write_png(explain.side_by_side(image, heat_map), out_dir / mistake['gradcam'])
 
 
 def summary(report: dict) -> dict:

@@ -74,7 +74,7 @@ def output_path(workdir, output: Optional[str], source: str) -> Path:
     path = folder / f'predictions_{source}_{number}.csv'
 
 
-def _image_batches(paths: list[Path], batch_size: int, size: int, max_pixels: int,
+def image_batches(paths: list[Path], batch_size: int, size: int, max_pixels: int,
                    rounded: bool):
   """(paths, images) batches of the paths that decode (`decoders.decoded_batches`: float32, or
   uint8 if `rounded`); warns about each path that does not."""
@@ -114,7 +114,7 @@ def _classified(batches, count: int, classify, class_names, batch_size: int,
       writer.writerow(['path', 'label', 'probability', *(
           f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
       for paths, images in batches:
-        rows = _rows(paths, classify(_padded(images, batch_size)), class_names, k)
+        rows = _rows(paths, classify(padded(images, batch_size)), class_names, k)
         writer.writerows([path, label, f'{p:.6f}', *(v for name, q in ranked
                                                      for v in (name, f'{q:.6f}'))]
                          for path, label, p, ranked in rows)
@@ -133,7 +133,7 @@ def _classified(batches, count: int, classify, class_names, batch_size: int,
       Path(csv_path).unlink(missing_ok=True)
 
 
-def _padded(images: np.ndarray, batch_size: int) -> np.ndarray:
+def padded(images: np.ndarray, batch_size: int) -> np.ndarray:
   """`images` padded with zeros to `batch_size` (one compilation or allocation serves all)."""
   batch = np.zeros((batch_size, *images.shape[1:]), images.dtype)
   batch[:len(images)] = images
@@ -176,7 +176,7 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
                for view in shown) / len(shown)
   paths = list_images(inputs)
   # rounded to uint8 as the data kept in memory for training and evaluation is
-  batches = _image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
+  batches = image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
                            rounded=True)
   yield from _classified(
       batches, len(paths), probabilities, trained.class_names, config.batch_size,
@@ -207,6 +207,6 @@ def predict_exported(model_path, workdir, inputs: str, batch_size: int, max_pixe
     raise ExportError(f'{model_path} gives {model.num_classes} probabilities; the labels.txt '
                       f'beside it names {len(class_names)} classes')
   paths = list_images(inputs)
-  batches = _image_batches(paths, batch_size, model.image_size, max_pixels, rounded=True)
+  batches = image_batches(paths, batch_size, model.image_size, max_pixels, rounded=True)
   yield from _classified(batches, len(paths), model, class_names, batch_size,
                          output_path(workdir, output, source_name(model_path, '')))

@@ -24,9 +24,10 @@ def write_json(path: Path, value):
 
 
 # What a finished run leaves in its workdir for a person to open first.
-MAIN_OUTPUTS = ('history.json', 'test_metrics.json', 'evaluation/', 'learning_curves.png',
-                'predictions.png', 'final_variables.msgpack', 'checkpoints/', 'phases/',
-                'tensorboard/', 'config.json', 'environment.json', 'calibration.json')
+MAIN_OUTPUTS = ('report.html', 'history.json', 'test_metrics.json', 'evaluation/',
+                'learning_curves.png', 'predictions.png', 'final_variables.msgpack',
+                'checkpoints/', 'phases/', 'tensorboard/', 'config.json', 'environment.json',
+                'calibration.json')
 
 
 def main_outputs(workdir) -> list[str]:

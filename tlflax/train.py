@@ -47,6 +47,7 @@ from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data.image_cache import ImageCache
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
+from tlflax.report import run_page
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
 from tlflax.run_parts import (Trained, check_config, data_differences, image_feed,
@@ -252,6 +253,7 @@ def _train_and_evaluate(run: 'Run', first_phase_from, after_epoch) -> 'TrainResu
     variables = parallel.to_host(position.variables)
     if run.primary:
       reports.write_reports(run, history, variables)
+      run_page.write(run.workdir)
       run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
                                          for name in ('learning_curves', 'predictions')})
   return TrainResult(history, variables)
@@ -443,7 +445,7 @@ def evaluate_per_class(feed, variables: dict, split: str, workdir, write: bool,
   report = {**_checked(evaluation.evaluate_split(feed, variables, split, tta, temperature),
                        f'{split} split'), **(about or {})}
   if write:
-    evaluation.write_report(report, feed, split, Path(workdir) / 'evaluation')
+    evaluation.write_report(report, feed, split, Path(workdir) / 'evaluation', variables)
   logging.info('%s: loss %.4f, accuracy %.4f, macro F1 %.4f (%d examples)', split.title(),
                report['loss'], report['accuracy'], report['macro_average']['f1'],
                report['count'])
@@ -483,7 +485,11 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
                     f'data has {data_classes}')
   feed = image_feed(config, trained.model, trained.objective, splits, mesh)
   temperature = temperature_for(config, workdir, trained, mesh, feed)
-  return evaluate_per_class(feed, trained.variables, split, workdir, jax.process_index() == 0,
-                            {'checkpoint_epoch': trained.epoch,
-                             'weights': 'average' if trained.average else 'trained'},
-                            config.eval.tta, temperature)
+  primary = jax.process_index() == 0
+  report = evaluate_per_class(feed, trained.variables, split, workdir, primary,
+                              {'checkpoint_epoch': trained.epoch,
+                               'weights': 'average' if trained.average else 'trained'},
+                              config.eval.tta, temperature)
+  if primary:
+    run_page.write(workdir)
+  return report

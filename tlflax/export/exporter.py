@@ -7,7 +7,8 @@
   int8 below the first layer the run fine-tuned, float32 from there up, head included
   (`fine_tuned_from`); `quantize='int8_full'` quantizes everything (smaller, less faithful);
 - `labels.txt` (the class names, in output order) and `export.json` (input and output spec, classes,
-  source checkpoint, versions, and the checks below).
+  source checkpoint, versions, and the checks below); WORKDIR/report.html is refreshed to show
+  them (`tlflax.report`).
 
 Every model takes uint8 RGB images of `image_size` squared (resized, not preprocessed: the
 backbone's preprocessing is inside) and returns float32 class probabilities. Each file is read
@@ -33,6 +34,7 @@ from tlflax.errors import ConfigError, ExportError
 from tlflax.export import keras_model, saved_model, tflite
 from tlflax.run_parts import check_config, load_splits, restore_for_inference, temperature_for
 from tlflax.workdir import writable
+from tlflax.report import run_page
 
 FORMATS = ('saved_model', 'tflite', 'keras')
 QUANTIZATIONS = ('none', 'int8', 'int8_full')
@@ -147,6 +149,7 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
     raise
   with interrupts.held('the export\'s move into place'):
     _replace_folder(out, Path(workdir) / 'export')
+  run_page.write(workdir)  # its export section
   return record
 
 

@@ -2,14 +2,16 @@
 
 `trial_row` takes a finished trial's numbers from its `history.json`; `write` makes `results.csv`
 (full precision), `results.md`,
-`results.png` (the test accuracy of each setting, mean and standard deviation over its seeds)
-and `curves.png` (every trial's validation accuracy per epoch, phase boundaries marked).
+`results.png` (the test accuracy of each setting, mean and standard deviation over its seeds),
+`curves.png` (every trial's validation accuracy per epoch, phase boundaries marked) and
+`report.html` (the tables, sortable, the figures, and links to each trial's own report).
 """
 import csv
 import statistics
 from pathlib import Path
 
 from tlflax import plots
+from tlflax.report import html, trials_page
 
 # (column, what it is), for each trial
 METRICS = (('test_accuracy', 'test accuracy'), ('test_loss', 'test loss'),
@@ -70,8 +72,8 @@ def _cell(value) -> str:
 
 
 def write(workdir: Path, rows: list[dict], total: int, sweep_seconds=None):
-  """results.csv / .md / .png and curves.png in `workdir` for the finished trials' `rows` (of
-  `total` trials)."""
+  """results.csv / .md / .png, curves.png and report.html in `workdir` for the finished trials'
+  `rows` (of `total` trials)."""
   groups = aggregate(rows)
   metrics = [metric for metric, _ in METRICS]
   columns = ['kind', 'trial', 'name', 'setting', 'seed', 'trials',
@@ -99,3 +101,35 @@ def write(workdir: Path, rows: list[dict], total: int, sweep_seconds=None):
   if rows:
     plots.sweep_results(groups, 'test_accuracy', workdir / 'results.png')
     plots.sweep_curves({row['name']: row['history'] for row in rows}, workdir / 'curves.png')
+  notes = [f'{len(rows)} of {total} trials finished.'] + (
+      [f'Wall time of this sweep command: {sweep_seconds:.0f} s.'] if sweep_seconds is not None
+      else [])
+  html.write_page(workdir / trials_page.PAGE, 'trials.html.j2',
+                  **page(workdir, rows, groups, notes))
+
+
+def page(workdir: Path, rows: list[dict], groups: list[dict], notes: list[str]) -> dict:
+  """What the sweep's report.html shows (`trials_page.context`): the tables and figures."""
+  metrics = list(METRICS)
+  trials = html.table(
+      (('trial', 'trial'), ('name', 'name'), ('setting', 'setting'), ('seed', 'seed'),
+       *metrics),
+      [{**row, 'name': html.cell(row['name'], trials_page.trial_link(workdir, row['name']),
+                                 row['name'])} for row in rows])
+  means = html.table((('setting', 'setting'), ('trials', 'trials'),
+                      *((key, f'{what} (mean ± std)') for key, what in metrics)),
+                     [{**group, **{key: _mean_cell(group, key) for key, _ in metrics}}
+                      for group in groups])
+  return trials_page.context(
+      workdir, f'Sweep: {workdir.resolve().name}',
+      notes,
+      [('Trials', trials), ('Mean and standard deviation over seeds', means)],
+      [('results.png', 'test accuracy of each setting: mean and standard deviation over seeds'),
+       ('curves.png', "every trial's validation accuracy per epoch")],
+      [('results.csv', 'the tables at full precision'), ('results.md', 'the tables as Markdown')])
+
+
+def _mean_cell(group: dict, key: str) -> dict:
+  mean, std = group[key], group[f'{key}_std']
+  text = html.number(mean) + (f' ± {html.number(std)}' if std is not None else '')
+  return html.cell(mean, text=text)

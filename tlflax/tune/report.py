@@ -2,6 +2,7 @@
 objective, sampled values, the sweep report's numbers for finished runs, the error of a failed
 one), `curves.png` (every trial's validation accuracy per epoch, pruned ones included),
 `importances.png` and `history.png` (Optuna's parameter importances and optimization history),
+`report.html` (all of it on one page, the table sortable, each trial linked to its own report),
 and `best_config.py`, a config file that trains the best trial again
 (`main.py --config=DIR/best_config.py`).
 """
@@ -14,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from tlflax import plots
+from tlflax.report import html, trials_page
 from tlflax.sweep import report as sweep_report
 
 STATE_NAMES = {'COMPLETE': 'complete', 'PRUNED': 'pruned', 'FAIL': 'failed',
@@ -109,7 +111,39 @@ def write(study, workdir: Path, space, source: ConfigSource) -> dict:
   if best is not None:
     _replace(workdir / 'best_config.py', lambda path: path.write_text(
         best_config(source, best, study.study_name, objective)))
+  context = page(study.study_name, workdir, table, keys, objective, best)
+  _replace(workdir / trials_page.PAGE, lambda path: path.write_text(
+      html.render('trials.html.j2', **context), encoding='utf-8'))
   return best
+
+
+def page(name: str, workdir: Path, table: list[dict], keys: list, objective, best) -> dict:
+  """What the study's report.html shows (`trials_page.context`)."""
+  metrics = [(m, what) for m, what in sweep_report.METRICS
+             if m in ('test_accuracy', 'test_loss', 'seconds')]
+  columns = (('trial', 'trial'), ('folder', 'folder'), ('state', 'state'),
+             ('value', 'objective'), ('last_reported', 'last epoch'), ('epochs', 'epochs'),
+             *((f'param:{k}', k) for k in keys), *metrics, ('error', 'error'))
+  rows = [{**row, **{f'param:{k}': row['params'].get(k) for k in keys},
+           'folder': html.cell(row['folder'], trials_page.trial_link(workdir, row['folder']),
+                               row['folder'])} for row in table]
+  counts = {state: sum(row['state'] == state for row in table) for state in STATE_NAMES.values()}
+  notes = [f'Objective: {objective.describe()} ({objective.direction}d). '
+           + (', '.join(f'{n} {state}' for state, n in counts.items() if n) or 'No trial yet')
+           + '.',
+           'objective: the trial\'s score (pruned trials have none); last epoch: the validation '
+           f'{objective.metric} its last epoch reported to the pruner.']
+  if best is not None:
+    notes.append(f"Best: trial {best['trial']} ({best['folder']}), {html.number(best['value'])}"
+                 '; best_config.py trains it again.')
+  best_row = {i: 'best' for i, row in enumerate(table) if best is not None and row is best}
+  return trials_page.context(
+      workdir, f'Study: {name}', notes, [('Trials', html.table(columns, rows, best_row))],
+      [('curves.png', "every trial's validation accuracy per epoch"),
+       ('importances.png', "Optuna's parameter importances"),
+       ('history.png', "Optuna's optimization history")],
+      [('best_config.py', 'a config that trains the best trial again'),
+       ('results.csv', 'the table at full precision'), ('results.md', 'the table as Markdown')])
 
 
 def markdown(name: str, table: list[dict], keys: list, objective, best) -> str:
