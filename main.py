@@ -60,7 +60,8 @@ flags.DEFINE_bool('allow_config_change', False, 'train: continue the workdir\'s 
                   'evaluate on data settings (seed, data.*) other than the training run\'s.')
 flags.mark_flags_as_required(['workdir'])
 cli.mark_not_empty('workdir')
-for name, what in (('inputs', 'images'), ('model', 'a .tflite file'), ('output', 'a CSV file')):
+for name, what in (('inputs', 'images'), ('model', 'a .tflite file'),
+                   ('output', 'a CSV file (predict) or a folder (explain)')):
   cli.mark_not_empty(name, what)
 
 
@@ -132,12 +133,13 @@ def main(argv):
             f"{os.path.join(FLAGS.workdir, lr_find.FOLDER)}/")
     elif FLAGS.mode == 'explain':
       from tlflax import explain
+      from tlflax.data.folders import printable
       folder = None
       for path, label, probability, overlay in explain.explain_images(
           FLAGS.config, FLAGS.workdir, FLAGS.inputs, FLAGS.checkpoint, FLAGS.output):
-        print(f'{path}\t{label}\t{probability:.4f}\t{overlay}')
+        print(f'{path}\t{label}\t{probability:.4f}\t{printable(overlay)}')
         folder = overlay.parent
-      print(f'wrote {folder}/ (an overlay per image and gradcam.csv)')
+      print(f'wrote {printable(folder)}/ (an overlay per image and gradcam.csv)')
     elif FLAGS.mode == 'export':
       from tlflax.data import decoders
       if not decoders.tensorflow_installed():

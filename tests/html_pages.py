@@ -15,13 +15,15 @@ class Cell:
 
 class Page(html.parser.HTMLParser):
   """`tables` {id: [{data-key: Cell}]} (rows of the tbody, or every row of a table without one),
-  `row_headers` {id: {header text: Cell}} for two-column tables of <th>label</th><td>value</td>,
+  `row_classes` {id: [each of those rows' class attribute]}, `row_headers` {id: {header text:
+  Cell}} for two-column tables of <th>label</th><td>value</td>,
   `tags` (each element's name), `text` (all text, unescaped), `links` and `images` (the paths
   that links and images lead to: URL-unquoted)."""
 
   def __init__(self, path: Path):
     super().__init__(convert_charrefs=True)
-    self.tables, self.row_headers, self.tags, self.links, self.images = {}, {}, [], [], []
+    self.tables, self.row_headers, self.row_classes = {}, {}, {}
+    self.tags, self.links, self.images = [], [], []
     self.text = []
     self._table = self._row = self._cell = self._header = None
     self.feed(Path(path).read_text(encoding='utf-8'))
@@ -32,8 +34,10 @@ class Page(html.parser.HTMLParser):
     if tag == 'table':
       self._table = attrs.get('id') or f'table-{len(self.tables)}'
       self.tables[self._table], self.row_headers[self._table] = [], {}
+      self.row_classes[self._table] = []
     elif tag == 'tr' and self._table:
       self._row, self._header = {}, None
+      self._row_class = attrs.get('class', '')
     elif tag == 'td' and self._row is not None:
       self._cell = (attrs.get('data-key'), Cell('', attrs.get('data-value', '')))
     elif tag == 'th' and self._row is not None:
@@ -58,6 +62,7 @@ class Page(html.parser.HTMLParser):
     elif tag == 'tr' and self._row is not None:
       if self._row:
         self.tables[self._table].append(self._row)
+        self.row_classes[self._table].append(self._row_class)
       self._row = None
     elif tag == 'table':
       self._table = None

@@ -411,6 +411,8 @@ def test_the_report_lists_the_trials_and_the_best_config_trains_to_its_score(
     assert row['folder'].href == f"{trial.user_attrs['folder']}/report.html"
     assert (workdir / row['folder'].href).is_file()
   assert f'Best: trial {best.number}' in page.all_text
+  assert page.row_classes['table-1'] == ['best' if t.number == best.number else ''
+                                          for t in study.trials]  # highlighted
   assert sorted(page.images) == ['curves.png', 'history.png', 'importances.png']
   assert 'best_config.py' in page.links
   assert_renders(browser.check(workdir / 'report.html'))

@@ -10,7 +10,7 @@ probability), and, where the report has a calibration, `<split>_reliability.png`
 against confidence before and after temperature scaling). Test-time augmentation's numbers
 ('tta') and the calibration's stand beside the plain numbers, which they do not change.
 """
-import shutil
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tlflax import calibration, explain, parallel, plots
 from tlflax import tta as tta_lib
 from tlflax.data import sources
 from tlflax.objectives import TOP_K, Objective
-from tlflax.reports import write_json
+from tlflax.reports import write_atomically, write_json
 
 GALLERY_SIZE = 16  # mistakes shown in <split>_mistakes.png
 
@@ -103,15 +103,22 @@ def evaluate_split(feed, variables: dict, split: str, tta: str = 'none',
 def write_report(report: dict, feed, split: str, out_dir: Path, variables: dict):
   """`<split>.json`, `<split>_confusion.png`, `<split>_mistakes.png` and, in
   `<split>_gradcam/`, each mistake beside its Grad-CAM map for the predicted class
-  (`tlflax.explain`; the file is named in the mistake's 'gradcam'), in `out_dir`."""
+  (`tlflax.explain`; the file is named in the mistake's 'gradcam'), in `out_dir`. The overlays
+  are named by their content and written before the JSON, and those it no longer names are
+  removed after it: an interrupted evaluation leaves the JSON and its overlays in step."""
   source = feed.splits[split]
   out_dir.mkdir(parents=True, exist_ok=True)
   mistakes = report['most_confident_mistakes']
   images = sources.images_at(source, [m['index'] for m in mistakes], feed.config.image_size,
                              feed.config.max_pixels)
+  folder = out_dir / f'{split}_gradcam'
   _write_grad_cams(mistakes, [images[m['index']] for m in mistakes], report['class_names'],
-                   feed, variables, out_dir, f'{split}_gradcam')
+                   feed, variables, folder)
   write_json(out_dir / f'{split}.json', report)
+  named = {Path(m['gradcam']).name for m in mistakes}
+  for path in folder.glob('*') if folder.is_dir() else ():
+    if path.name not in named:
+      path.unlink()
   plots.confusion_matrix(np.asarray(report['confusion_matrix']), source.class_names,
                          f'{split}: confusion matrix ({report["count"]} examples)',
                          out_dir / f'{split}_confusion.png')
@@ -125,22 +132,25 @@ def write_report(report: dict, feed, split: str, out_dir: Path, variables: dict)
 
 
 def _write_grad_cams(mistakes: list, images: list, class_names: list, feed, variables: dict,
-                     out_dir: Path, folder: str):
-  """`folder`/NN.png per mistake (the image beside its Grad-CAM map for the predicted class),
-  replacing the folder's earlier files; sets each mistake's 'gradcam' to its file."""
-  shutil.rmtree(out_dir / folder, ignore_errors=True)
+                     folder: Path):
+  """A PNG per mistake in `folder` (the image beside its Grad-CAM map for the predicted class),
+  named `<rank>_<hash of its content>.png`; sets each mistake's 'gradcam' to
+  `<folder name>/<file>`."""
   if not mistakes:
     return
-  (out_dir / folder).mkdir()
+  folder.mkdir(exist_ok=True)
   batch = np.zeros((GALLERY_SIZE, *np.shape(images[0])), np.float32)  # one shape: one compile
   batch[:len(images)] = images
   predicted = np.zeros(GALLERY_SIZE, np.int32)
   predicted[:len(mistakes)] = [class_names.index(m['predicted']) for m in mistakes]
-  maps = explain.make_grad_cam(feed.model, feed.objective)(
+  maps, _ = explain.make_grad_cam(feed.model, feed.objective)(
       parallel.to_host(variables), feed.config.preprocessing(batch), predicted)
   for rank, (mistake, image, heat_map) in enumerate(zip(mistakes, images, np.asarray(maps)), 1):
-    mistake['gradcam'] = f'{folder}/{rank:02d}.png'
-    explain.write_png(explain.side_by_side(image, heat_map), out_dir / mistake['gradcam'])
+    png = explain.png_bytes(explain.side_by_side(image, heat_map))
+    name = f'{rank:02d}_{hashlib.sha256(png).hexdigest()[:12]}.png'
+    if not (folder / name).is_file():
+      write_atomically(folder / name, png)
+    mistake['gradcam'] = f'{folder.name}/{name}'
 
 
 def summary(report: dict) -> dict:

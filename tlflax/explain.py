@@ -10,8 +10,9 @@ is its logit; with the tutorial's single sigmoid logit z, class 1's score is z a
 `overlay` draws a map over its image; `explain_images` (`--mode=explain`) writes an overlay per
 image of `--inputs` and a CSV of each image's top class.
 """
-import csv
+import io
 import itertools
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -21,11 +22,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tlflax import interrupts, parallel
+from tlflax import parallel
 from tlflax.classifier import Classifier, backbone_layers
 from tlflax.data.folders import printable
-from tlflax.errors import DataError
+from tlflax.errors import ConfigError, DataError
+from tlflax.workdir import writable
 from tlflax.objectives import Objective
+from tlflax.reports import write_atomically
 
 GLOBAL_POOLING = ('global_avg_pool', 'global_max_pool')
 OVERLAY_OPACITY = 0.45  # of the heat map over the image
@@ -50,35 +53,43 @@ def class_scores(objective: Objective, logits, classes):
 
 
 def make_grad_cam(model: Classifier, objective: Objective):
-  """A jitted `(variables, inputs, classes) -> (b, height, width)` Grad-CAM maps in [0, 1] of
-  preprocessed `inputs` (b, height, width, 3) for `classes` (b class indices), from
-  `{'params', 'batch_stats'}` `variables`. A map is zero where the class's score has no positive
-  evidence in the feature map."""
+  """A jitted `(variables, inputs, classes=None) -> (maps, logits)`: (b, height, width) Grad-CAM
+  maps in [0, 1] of preprocessed `inputs` (b, height, width, 3) for `classes` (b class indices;
+  None: each image's predicted class), and the (b, outputs) logits, from one pass of the
+  backbone with `{'params', 'batch_stats'}` `variables`. A map is zero where the class's score
+  has no positive evidence in the feature map."""
   stop = pooling_index(model)
 
-  def maps_of(variables, inputs, classes):
+  def maps_of(variables, inputs, classes=None):
     boundary = model.apply(variables, inputs, stop, method=Classifier.frozen_activations)
     (name, features), = boundary.items()  # the pooling layer's one input
+    features = features.astype(jnp.float32)
+
+    def head(features):
+      return model.apply(variables, {name: features}, start=stop)
+
+    logits = head(features)
+    if classes is None:
+      classes = objective.predictions(logits)
 
     def total_score(features):  # examples are independent: one gradient serves all
-      logits = model.apply(variables, {name: features}, start=stop)
-      return class_scores(objective, logits, classes).sum()
+      return class_scores(objective, head(features), classes).sum()
 
-    features = features.astype(jnp.float32)
     weights = jax.grad(total_score)(features).mean(axis=(1, 2), keepdims=True)
     maps = jax.nn.relu((weights * features).sum(-1))
     peak = maps.max(axis=(1, 2), keepdims=True)
     maps = jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1), 0)
-    return jax.image.resize(maps, inputs.shape[:3], 'bilinear')
+    return jax.image.resize(maps, inputs.shape[:3], 'bilinear'), logits
 
   return jax.jit(maps_of)
 
 
 def class_activation_maps(model: Classifier, objective: Objective, variables: dict, inputs,
                           classes) -> np.ndarray:
-  """`make_grad_cam(model, objective)(variables, inputs, classes)` as a NumPy array."""
-  return np.asarray(make_grad_cam(model, objective)(
-      variables, jnp.asarray(inputs, jnp.float32), jnp.asarray(classes, jnp.int32)))
+  """The maps of `make_grad_cam(model, objective)(variables, inputs, classes)`, as NumPy."""
+  maps, _ = make_grad_cam(model, objective)(
+      variables, jnp.asarray(inputs, jnp.float32), jnp.asarray(classes, jnp.int32))
+  return np.asarray(maps)
 
 
 def overlay(image, heat_map) -> np.ndarray:
@@ -98,9 +109,16 @@ def side_by_side(image, heat_map) -> np.ndarray:
   return np.concatenate([image, gap, overlay(image, heat_map)], axis=1)
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+  """A uint8 RGB array as the bytes of a PNG file."""
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
 def write_png(pixels: np.ndarray, path: Path):
-  """A uint8 RGB array as a PNG file."""
-  Image.fromarray(pixels).save(path, format='PNG')
+  """A uint8 RGB array as a PNG file, written atomically."""
+  write_atomically(Path(path), png_bytes(pixels))
 
 
 def output_folder(workdir, output: Optional[str], source: str) -> Path:
@@ -119,54 +137,53 @@ def output_folder(workdir, output: Optional[str], source: str) -> Path:
     path = Path(workdir) / f'explain_{source}_{number}'
 
 
+def overlay_name(number: int, path) -> str:
+  """`NNNN_<stem>.png`: the stem's letters, digits, '-', '.' and '_' only (others become '_',
+  an undecodable byte too), cut to 60 characters, so that any input name makes a valid file."""
+  stem = re.sub(r'[^A-Za-z0-9._-]', '_', Path(path).stem)[:60]
+  return f'{number:04d}_{stem}.png'
+
+
 def explain_images(config, workdir, inputs: str, checkpoint: str = 'latest',
                    output: Optional[str] = None) -> Iterator[tuple]:
   """Yields (path, class name, probability, overlay file) for each readable image of `inputs`
   (`predict.list_images`), classified with a checkpoint of the workdir (raw probabilities of one
   view), and writes, in `output_folder(...)`, a PNG per image (the image beside its Grad-CAM
-  overlay for its top class) and `gradcam.csv` (`path,label,probability,overlay`) as it goes."""
+  overlay for its top class, `overlay_name`) and `gradcam.csv` (`path,label,probability,
+  overlay`) as it goes. A batch of `batch_size` images runs on one device, in one process."""
   from tlflax import predict, run_parts
   run_parts.check_config(config)
+  if jax.process_count() > 1:
+    raise ConfigError('explain runs in one process: start it without --num_processes')
   mesh = parallel.data_mesh()
   trained = run_parts.restore_for_inference(config, workdir, mesh, checkpoint)
-  variables = parallel.to_host(trained.variables)
+  variables = jax.device_put(parallel.to_host(trained.variables))  # once, on one device
   preprocessing = trained.model.spec.preprocessing
   paths = predict.list_images(inputs)
   folder = output_folder(workdir, output, predict.source_name(None, checkpoint))
-  folder.mkdir(parents=True, exist_ok=True)
+  created = not folder.exists()
+  writable(folder, 'the folder of the overlays')
   batches = predict.image_batches(paths, config.batch_size, config.image_size,
                                   config.data.max_pixels, rounded=True)
-  apply = jax.jit(trained.model.apply)
   grad_cam = make_grad_cam(trained.model, trained.objective)
-  table = folder / 'gradcam.csv'
-  written = 0
   try:
-    with open(table, 'x', newline='', encoding='utf-8') as f:
-      writer = csv.writer(f)
-      writer.writerow(['path', 'label', 'probability', 'overlay'])
+    with predict.RowsFile(folder / 'gradcam.csv', ['path', 'label', 'probability', 'overlay'],
+                          'explained') as table:
       for batch_paths, images in batches:
         inputs_ = preprocessing(predict.padded(images, config.batch_size).astype(np.float32))
-        probabilities = np.asarray(trained.objective.probabilities(apply(variables, inputs_)))
-        top = probabilities.argmax(1)
-        maps = np.asarray(grad_cam(variables, inputs_, top))
+        maps, logits = grad_cam(variables, inputs_)
+        probabilities = np.asarray(trained.objective.probabilities(logits))
+        top, maps = np.asarray(trained.objective.predictions(logits)), np.asarray(maps)
         for i, path in enumerate(batch_paths):
-          name = f'{written + 1:04d}_{Path(path).stem[:80]}.png'
+          name = overlay_name(table.written + 1, path)
           write_png(side_by_side(images[i], maps[i]), folder / name)
           label, probability = trained.class_names[top[i]], float(probabilities[i, top[i]])
-          writer.writerow([printable(path), label, f'{probability:.6f}', name])
-          f.flush()
-          written += 1
+          table.write([[printable(path), label, f'{probability:.6f}', name]])
           yield printable(path), label, probability, folder / name
-    if not written:
-      raise DataError(f'none of the {len(paths)} image(s) could be read (each skipped one is '
-                      'named above)')
-  except interrupts.Interrupted as e:
-    e.outcome = (f'{folder} holds the {written} image(s) explained before' if written else
-                 'no image was explained yet, so nothing was kept')
-    raise
+      if not table.written:
+        raise DataError(f'none of the {len(paths)} image(s) could be read (each skipped one '
+                        'is named above)')
   finally:
-    if not written:  # a header alone is of no use
-      table.unlink(missing_ok=True)
-      if not any(folder.iterdir()):
-        folder.rmdir()
-  logging.info('Wrote %d overlays and gradcam.csv to %s', written, folder)
+    if created and not any(folder.iterdir()):  # nothing explained: no empty folder left
+      folder.rmdir()
+  logging.info('Wrote %d overlays and gradcam.csv to %s', table.written, folder)

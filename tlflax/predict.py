@@ -94,6 +94,38 @@ def image_batches(paths: list[Path], batch_size: int, size: int, max_pixels: int
     logging.warning('skipped %s: not a readable image', printable(small[skipped]))
 
 
+class RowsFile:
+  """A new CSV file (never an existing one) written as results come, for `with`: `write(rows)`
+  adds rows and flushes them; on leaving, a file that holds no row is removed (a header alone is
+  of no use, and would block a retry with --output), and an `interrupts.Interrupted` says what
+  was kept. `what` names the rows ('classified', 'explained')."""
+
+  def __init__(self, path, header: list, what: str):
+    self.path, self.what, self.written = Path(path), what, 0
+    try:
+      self.file = open(path, 'x', newline='', encoding='utf-8')
+    except FileExistsError as e:
+      raise DataError(f'{path} exists: it is never replaced') from e
+    self.writer = csv.writer(self.file)
+    self.writer.writerow(header)
+
+  def write(self, rows: list):
+    self.writer.writerows(rows)
+    self.file.flush()
+    self.written += len(rows)
+
+  def __enter__(self) -> 'RowsFile':
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    self.file.close()
+    if isinstance(error, interrupts.Interrupted):
+      error.outcome = (f'{self.path} holds the {self.written} image(s) {self.what} before'
+                       if self.written else f'no image was {self.what} yet, so no CSV was kept')
+    if not self.written:
+      self.path.unlink(missing_ok=True)
+
+
 def _classified(batches, count: int, classify, class_names, batch_size: int,
                 csv_path) -> Iterator[tuple]:
   """Rows (path, class name, probability, top k) of `classify`'s (b, classes) probabilities for
@@ -103,34 +135,18 @@ def _classified(batches, count: int, classify, class_names, batch_size: int,
   k = min(TOP_K, len(class_names))
   logging.info('Writing the predictions to %s', csv_path)
   writable(Path(csv_path).parent, 'the folder of the predictions CSV')
-  try:
-    f = open(csv_path, 'x', newline='', encoding='utf-8')  # never an existing file
-  except FileExistsError as e:
-    raise DataError(f'{csv_path} exists: predict never replaces a file') from e
-  written = 0
-  try:
-    with f:
-      writer = csv.writer(f)
-      writer.writerow(['path', 'label', 'probability', *(
-          f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))])
-      for paths, images in batches:
-        rows = _rows(paths, classify(padded(images, batch_size)), class_names, k)
-        writer.writerows([path, label, f'{p:.6f}', *(v for name, q in ranked
-                                                     for v in (name, f'{q:.6f}'))]
-                         for path, label, p, ranked in rows)
-        f.flush()
-        written += len(rows)
-        yield from rows
-    if not written:
+  header = ['path', 'label', 'probability', *(
+      f'{what}_{i}' for i in range(1, k + 1) for what in ('class', 'probability'))]
+  with RowsFile(csv_path, header, 'classified') as table:
+    for paths, images in batches:
+      rows = _rows(paths, classify(padded(images, batch_size)), class_names, k)
+      table.write([[path, label, f'{p:.6f}', *(v for name, q in ranked
+                                               for v in (name, f'{q:.6f}'))]
+                   for path, label, p, ranked in rows])
+      yield from rows
+    if not table.written:
       raise DataError(f'none of the {count} image(s) could be classified (each skipped one is '
                       'named above)')
-  except interrupts.Interrupted as e:
-    e.outcome = (f'{csv_path} holds the {written} image(s) classified before' if written else
-                 'no image was classified yet, so no CSV was kept')
-    raise
-  finally:
-    if not written:  # a header alone is of no use, and would block a retry with --output
-      Path(csv_path).unlink(missing_ok=True)
 
 
 def padded(images: np.ndarray, batch_size: int) -> np.ndarray:

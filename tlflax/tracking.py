@@ -115,6 +115,7 @@ def environment() -> dict:
   return {
       'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'command': sys.argv,
+      'cwd': os.getcwd(),
       'python': platform.python_version(),
       'packages': {name: v for name in PACKAGES if (v := package_version(name)) is not None},
       'code': git_commit(Path(__file__).resolve().parent),

@@ -253,7 +253,7 @@ def _train_and_evaluate(run: 'Run', first_phase_from, after_epoch) -> 'TrainResu
     variables = parallel.to_host(position.variables)
     if run.primary:
       reports.write_reports(run, history, variables)
-      run_page.write(run.workdir)
+      run_page.write_after(run.workdir, 'Training')
       run.tracker.images(position.step, {name: run.workdir / f'{name}.png'
                                          for name in ('learning_curves', 'predictions')})
   return TrainResult(history, variables)
@@ -491,5 +491,5 @@ def evaluate_checkpoint(config, workdir, split: str = 'test', other_data: bool =
                                'weights': 'average' if trained.average else 'trained'},
                               config.eval.tta, temperature)
   if primary:
-    run_page.write(workdir)
+    run_page.write_after(workdir, 'The evaluation')
   return report

@@ -149,7 +149,7 @@ def export(config, workdir, formats=FORMATS, checkpoint: str = 'latest',
     raise
   with interrupts.held('the export\'s move into place'):
     _replace_folder(out, Path(workdir) / 'export')
-  run_page.write(workdir)  # its export section
+  run_page.write_after(workdir, 'The export')  # its export section
   return record
 
 

@@ -14,7 +14,7 @@ from tlflax import cli, errors
 
 
 def main(argv):
-  if len(argv) != 2:
+  if len(argv) != 2 or not argv[1].strip():
     raise app.UsageError('name one workdir: python -m tlflax.report WORKDIR')
   workdir = Path(argv[1])
   with cli.run_errors_as_one_line('no page was written'):
@@ -24,6 +24,10 @@ def main(argv):
     if (workdir / 'results.csv').is_file() and not (workdir / 'config.json').is_file():
       raise errors.DataError(f'{workdir} holds a sweep or a study: its page comes with '
                              'python -m tlflax.sweep --report or python -m tlflax.tune --report')
+    if not any((workdir / name).exists() for name in ('config.json', 'history.json',
+                                                      'checkpoints')):
+      raise errors.DataError(f'{workdir} holds no tlflax run (no config.json, history.json or '
+                             'checkpoints/)')
     from tlflax import workdir as workdir_lib
     from tlflax.report import run_page
     workdir_lib.writable(workdir)

@@ -12,18 +12,25 @@ from tlflax.reports import write_atomically
 
 
 def number(value, digits: int = 4) -> str:
-  """A float with `digits` decimals (an int as it is; None and non-numbers as given)."""
+  """A float with `digits` decimals, or where that would hide it (below 10^-(digits-1): a
+  learning rate, a difference) with `digits` significant ones; an int as it is; None and
+  non-numbers as given."""
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return '' if value is None else str(value)
-  if isinstance(value, int):
+  if isinstance(value, int) or not math.isfinite(value):
     return str(value)
-  return f'{value:.{digits}f}' if math.isfinite(value) else str(value)
+  if value and abs(value) < 10 ** (1 - digits):
+    return f'{value:.{digits}g}'
+  return f'{value:.{digits}f}'
 
 
 def sort_key(value) -> str:
-  """A table cell's `data-value`: what the page's sorting compares (numbers as numbers)."""
+  """A table cell's `data-value`: what the page's sorting compares (numbers as numbers; a
+  non-finite one as JavaScript reads it)."""
   if isinstance(value, bool) or value is None:
     return '' if value is None else str(value)
+  if isinstance(value, float) and not math.isfinite(value):
+    return 'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')
   return repr(value) if isinstance(value, (int, float)) else str(value)
 
 

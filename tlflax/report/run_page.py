@@ -1,19 +1,26 @@
 """WORKDIR/report.html: a run on one page, from the files it left in its workdir.
 
-The page shows the config and how it differs from the recipe's defaults (`config.defaults()`),
-the environment of each start (environment.json), the learning curves and every epoch's numbers
-(history.json), per split (evaluation/<split>.json) the numbers, per-class precision, recall and
-F1, the confusion matrix, the calibration and the most confident mistakes with their Grad-CAM
-overlays, the test predictions grid, and the exported files with their checks
-(export/export.json). Each section names the file its numbers come from, and the split,
-checkpoint and epoch they were computed on. Files that are missing are listed at the top (a
-workdir with no finished phase gets a page that says so); a file that cannot be read is named,
-not a crash.
+The page shows the config and how it differs from its recipe (the config file and variant its
+command named, else `config.defaults()`, the tutorial), the environment of each start
+(environment.json), the learning curves and every epoch's numbers so far (history.json, written
+after each epoch), per split
+(evaluation/<split>.json) the numbers, per-class precision, recall and F1, the confusion matrix
+(as a table up to `CONFUSION_TABLE_CLASSES` classes, else its most frequent confusions), the
+calibration and the most confident mistakes with their Grad-CAM overlays, the test predictions
+grid, and the exported files with their checks (export/export.json). Each section names the
+file its numbers come from, and the split, checkpoint and epoch they were computed on. Files
+that are missing are listed at the top (a workdir with no finished phase gets a page that says
+so); a file that cannot be read, or whose layout is not the expected one, is named and its
+section left out.
 """
 import datetime
 import json
+import os
+import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+from absl import logging
 
 from tlflax import config as config_lib
 from tlflax import workdir as workdir_lib
@@ -22,6 +29,8 @@ from tlflax.report import html
 
 PAGE = 'report.html'
 SPLITS = ('test', 'validation', 'train')  # shown in this order, where evaluated
+CONFUSION_TABLE_CLASSES = 30  # above: the most frequent confusions instead of the whole matrix
+CONFUSIONS_LISTED = 20
 EPOCH_COLUMNS = (('epoch', 'epoch'), ('phase', 'phase'), ('learning_rate', 'learning rate'),
                  ('loss', 'loss'), ('accuracy', 'accuracy'), ('val_loss', 'val loss'),
                  ('val_accuracy', 'val accuracy'), ('ema_val_loss', 'average: val loss'),
@@ -35,23 +44,38 @@ CALIBRATION_NUMBERS = (('temperature', 'temperature'), ('ece_before', 'ECE befor
 
 
 class _Files:
-  """The workdir's JSON files, read once; one that cannot be read becomes a problem line."""
+  """The workdir's files, read once. A JSON file that cannot be read, or a section that finds
+  its file laid out otherwise (an older tlflax's, an edited one), becomes a problem line."""
 
   def __init__(self, workdir: Path):
     self.workdir, self.problems = workdir, []
 
-  def json(self, name: str):
+  def json(self, name: str, kind: type = dict):
     path = self.workdir / name
     if not path.is_file():
       return None
     try:
-      return json.loads(path.read_text(encoding='utf-8'))
+      value = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e:
       self.problems.append(f'{name} could not be read ({e}): its section is left out')
       return None
+    if not isinstance(value, kind):
+      self.problems.append(f'{name} holds a {type(value).__name__}, not a {kind.__name__}: '
+                           'its section is left out')
+      return None
+    return value
 
   def image(self, name: str) -> Optional[str]:
     return html.link_if_exists(self.workdir, name)
+
+  def section(self, name: str, build: Callable, *args):
+    """`build(*args)`, or None with a problem line where the file `name` lacks what it needs."""
+    try:
+      return build(*args)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+      self.problems.append(f'{name} is not laid out as this tlflax writes it '
+                           f'({type(e).__name__}: {e}): its section is left out')
+      return None
 
 
 def collect(workdir) -> dict:
@@ -60,53 +84,76 @@ def collect(workdir) -> dict:
   files = _Files(workdir)
   config = files.json('config.json')
   history = files.json('history.json')
-  starts = files.json('environment.json')
+  starts = files.json('environment.json', list) or []
   evaluations = {split: report for split in SPLITS
                  if (report := files.json(f'evaluation/{split}.json')) is not None}
   export = files.json('export/export.json')
+  splits = [files.section(f'evaluation/{split}.json', split_section, split, report, files)
+            for split, report in evaluations.items()]
   return {
       'title': f'tlflax run: {workdir.resolve().name}',
       'workdir': str(workdir.resolve()),
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'missing': missing(workdir, config, history, evaluations),
-      'problems': files.problems,
-      'config': config_section(config),
-      'environment': environment_section(starts if isinstance(starts, list) else []),
-      'training': training_section(history, files),
-      'splits': [split_section(split, report, files) for split, report in evaluations.items()],
+      'missing': missing(workdir, history, evaluations),
+      'config': config and files.section('config.json', config_section, config, starts),
+      'environment': starts and files.section('environment.json', environment_section, starts),
+      'training': history and files.section('history.json', training_section, history, files),
+      'splits': [section for section in splits if section],
       'predictions': files.image('predictions.png'),
-      'export': export_section(export),
+      'export': export and files.section('export/export.json', export_section, export),
+      'problems': files.problems,  # last: the sections add theirs
   }
 
 
-def missing(workdir: Path, config, history, evaluations) -> list[str]:
-  """What a finished run would have that this workdir lacks, and what that means."""
+def missing(workdir: Path, history, evaluations) -> list[str]:
+  """What a finished run would have that this workdir lacks, and what that means (a file that
+  is there but cannot be read is a problem line instead)."""
   lines = []
-  if config is None:
+  if not (workdir / 'config.json').is_file():
     lines.append('config.json is missing: this folder holds no run that started (or is not a '
                  'tlflax workdir).')
-  if history is None:
+  if not (workdir / 'history.json').is_file() or (history is not None and 'test' not in history):
     saved = workdir_lib.saved_epochs(workdir)
     lines.append(
-        'history.json is missing: no run finished here (it is written once every phase has '
-        'trained and the test split is evaluated). '
+        'The run has not finished: its final evaluation on the test split is missing. '
         + (f"Saved epochs: {', '.join(map(str, saved))}; the training command resumes after "
            f'epoch {saved[-1]}.' if saved else 'No epoch was saved yet.'))
-  for split in ('test', 'validation'):  # what training evaluates
-    if split not in evaluations:
+  for split in ('test', 'validation'):  # what training evaluates at its end
+    if split not in evaluations and not (workdir / 'evaluation' / f'{split}.json').is_file():
       lines.append(f'evaluation/{split}.json is missing: no per-class report of the {split} '
                    'split.')
   return lines
 
 
-def config_section(config) -> Optional[dict]:
-  if config is None:
-    return None
-  recipe = json.loads(config_lib.defaults().to_json_best_effort())
-  changed = config_lib.differences(recipe, config)
-  return {'differences': html.table((('key', 'key'), ('default', 'default'), ('run', 'this run')), [
-              {'key': key, 'default': _shown(default), 'run': _shown(value)}
-              for key, (default, value) in changed.items()]),
+def recipe(starts: list) -> tuple[str, dict]:
+  """(what it is, the config as JSON) that a run's config is compared with: the config file and
+  variant of the run's first start's `--config` flag, read from the folder it started in, else
+  tlflax's defaults (the tutorial's recipe). Both resolved as config.json is."""
+  from tlflax import resume, user_files
+  first = starts[0] if starts and isinstance(starts[0], dict) else {}
+  spec = next((argument.split('=', 1)[1] for argument in first.get('command') or []
+               if isinstance(argument, str) and argument.startswith('--config=')), None)
+  if spec and first.get('cwd'):
+    path, _, variant = spec.partition(':')
+    try:
+      _, config, _ = user_files.call(os.path.join(first['cwd'], path)
+                                     + (f':{variant}' if variant else ''),
+                                     'config file', 'get_config')
+      return f'the recipe {spec} (the run\'s --config)', resume.config_as_json(config)
+    except Exception as e:  # the file moved or changed: compare with the defaults
+      logging.info('Comparing with the defaults: %s could not be read (%s)', spec, e)
+  return ('tlflax\'s defaults (the tutorial\'s recipe, tlflax.config.defaults())',
+          resume.config_as_json(config_lib.defaults()))
+
+
+def config_section(config: dict, starts: list) -> dict:
+  what, reference = recipe(starts)
+  changed = config_lib.differences(reference, config)
+  return {'reference': what,
+          'differences': html.table(
+              (('key', 'key'), ('default', 'recipe'), ('run', 'this run')),
+              [{'key': key, 'default': _shown(default), 'run': _shown(value)}
+               for key, (default, value) in changed.items()]),
           'json': json.dumps(config, indent=2, sort_keys=True)}
 
 
@@ -114,48 +161,53 @@ def _shown(value) -> str:
   return '—' if value is None else json.dumps(value) if not isinstance(value, str) else value
 
 
-def environment_section(starts: list) -> Optional[dict]:
-  if not starts:
-    return None
+def environment_section(starts: list) -> dict:
   last = starts[-1]
   code = last.get('code') or {}
-  facts = [('started', last.get('time')), ('command', ' '.join(last.get('command', []))),
-           ('python', last.get('python')),
+  command = last.get('command') or []
+  facts = [('started', last.get('time')),
+           ('command', shlex.join(map(str, command)) if isinstance(command, list) else command),
+           ('folder', last.get('cwd')), ('python', last.get('python')),
            ('code', (code.get('commit', '?') + (' with uncommitted changes' if code.get('dirty')
                                                 else '')) if code else 'not a git checkout'),
            ('devices', f"{last.get('device_count')} x {last.get('device_kind')} "
                        f"({last.get('platform')}), {last.get('process_count')} process(es)"),
            ('host', last.get('host'))]
-  return {'facts': facts, 'starts': [start.get('time') for start in starts],
+  return {'facts': [(label, value) for label, value in facts if value is not None],
+          'starts': [start.get('time') for start in starts],
           'packages': sorted((last.get('packages') or {}).items())}
 
 
-def training_section(history, files: _Files) -> Optional[dict]:
-  if history is None:
-    return None
-  epochs = history.get('epochs', [])
+def training_section(history: dict, files: _Files) -> dict:
+  epochs = history.get('epochs') or []
   shown = [(k, label) for k, label in EPOCH_COLUMNS if any(k in e for e in epochs)]
-  phases = [{'name': name, **values} for name, values in history.get('phases', {}).items()]
-  return {'epochs': html.table(shown, epochs), 'initial': history.get('initial'),
+  phases = [{'name': name, **values} for name, values in (history.get('phases') or {}).items()]
+  initial = history.get('initial') or {}
+  return {'epochs': html.table(shown, epochs),
+          'initial': [(label, html.cell(initial[key])) for key, label in
+                      (('val_loss', 'val loss'), ('val_accuracy', 'val accuracy'))
+                      if key in initial],
           'phases': html.table((('name', 'phase'), ('seconds', 'seconds'),
-                           ('cached_from_layer', 'cached from layer')), phases),
+                                ('cached_from_layer', 'cached from layer')), phases),
           'curves': files.image('learning_curves.png')}
 
 
 def split_section(split: str, report: dict, files: _Files) -> dict:
-  names = report.get('class_names', list(report.get('per_class', {})))
-  per_class = [{'class': name, **values} for name, values in report.get('per_class', {}).items()]
-  per_class += [{'class': f'{average} average', **report[f'{average}_average'],
-                 'support': report.get('count')}
-                for average in ('macro', 'weighted') if f'{average}_average' in report]
-  matrix = report.get('confusion_matrix', [])
+  names = list(report.get('class_names') or report.get('per_class') or [])
+  per_class = [{'class': name, **values} for name, values in
+               (report.get('per_class') or {}).items()]
+  averages = [{'class': f'{average} average', **report[f'{average}_average'],
+               'support': report.get('count')}
+              for average in ('macro', 'weighted') if f'{average}_average' in report]
   numbers = [(label, report[key]) for key, label in SPLIT_NUMBERS if key in report]
   if 'tta' in report:
     numbers += [(f"test-time augmentation ({report['tta']['views']}): {what}",
                  report['tta'][key]) for key, what in (('loss', 'loss'),
                                                        ('accuracy', 'accuracy'))]
-  mistakes = [{**m, 'gradcam': files.image(f"evaluation/{m['gradcam']}") if 'gradcam' in m
-               else None} for m in report.get('most_confident_mistakes', [])]
+  mistakes = [{'true': m.get('true'), 'predicted': m.get('predicted'),
+               'probability': m.get('probability'), 'example': m.get('example'),
+               'gradcam': files.image(f"evaluation/{m['gradcam']}") if m.get('gradcam')
+               else None} for m in report.get('most_confident_mistakes') or []]
   epoch = report.get('checkpoint_epoch')
   return {
       'split': split,
@@ -164,13 +216,11 @@ def split_section(split: str, report: dict, files: _Files) -> dict:
                    'weights)' if epoch is not None else 'the weights before training')
                 + f", {report.get('count')} examples",
       'numbers': [(label, html.cell(value)) for label, value in numbers],
-      'per_class': html.table((('class', 'class'), ('precision', 'precision'), ('recall', 'recall'),
-                          ('f1', 'F1'), ('support', 'support')), per_class,
-                         {i: 'average' for i in range(len(names), len(per_class))}),
-      'confusion': html.table((('true', 'true \\ predicted'), *((f'p{i}', name)
-                                                          for i, name in enumerate(names))),
-                         [{'true': name, **{f'p{j}': count for j, count in enumerate(row)}}
-                          for name, row in zip(names, matrix)]),
+      'per_class': html.table((('class', 'class'), ('precision', 'precision'),
+                               ('recall', 'recall'), ('f1', 'F1'), ('support', 'support')),
+                              per_class + averages,
+                              {len(per_class) + i: 'average' for i in range(len(averages))}),
+      'confusion': confusion(names, report.get('confusion_matrix') or []),
       'confusion_image': files.image(f'evaluation/{split}_confusion.png'),
       'calibration': [(label, html.cell(report['calibration'][key]))
                       for key, label in CALIBRATION_NUMBERS] if 'calibration' in report else None,
@@ -180,18 +230,33 @@ def split_section(split: str, report: dict, files: _Files) -> dict:
   }
 
 
-def export_section(export) -> Optional[dict]:
-  if export is None:
-    return None
+def confusion(names: list, matrix: list) -> dict:
+  """The confusion matrix as a table (rows: true class), or above `CONFUSION_TABLE_CLASSES`
+  classes its `CONFUSIONS_LISTED` most frequent confusions (true, predicted, count)."""
+  if len(names) <= CONFUSION_TABLE_CLASSES:
+    return {'matrix': html.table(
+        (('true', 'true \\ predicted'), *((f'p{i}', name) for i, name in enumerate(names))),
+        [{'true': name, **{f'p{j}': count for j, count in enumerate(row)}}
+         for name, row in zip(names, matrix)])}
+  pairs = sorted(((count, i, j) for i, row in enumerate(matrix) for j, count in enumerate(row)
+                  if i != j and count), key=lambda pair: (-pair[0], pair[1], pair[2]))
+  return {'matrix': None, 'pairs': html.table(
+      (('true', 'true class'), ('predicted', 'predicted class'), ('count', 'examples')),
+      [{'true': names[i], 'predicted': names[j], 'count': count}
+       for count, i, j in pairs[:CONFUSIONS_LISTED]]), 'classes': len(names)}
+
+
+def export_section(export: dict) -> dict:
+  checks = export.get('checks') or {}
   rows = [{'kind': kind, 'file': html.cell(name, f'export/{name}'),
-           **{key: export.get('checks', {}).get(kind, {}).get(key)
+           **{key: (checks.get(kind) or {}).get(key)
               for key in ('max_abs_difference', 'top1_agreement', 'images')}}
-          for kind, name in export.get('files', {}).items()]
-  source = export.get('source', {})
+          for kind, name in (export.get('files') or {}).items()]
+  source = export.get('source') or {}
   return {'files': html.table((('kind', 'format'), ('file', 'file'),
-                          ('max_abs_difference', 'max |p - tlflax|'),
-                          ('top1_agreement', 'top-1 agreement'), ('images', 'check images')),
-                         rows),
+                               ('max_abs_difference', 'max |p - tlflax|'),
+                               ('top1_agreement', 'top-1 agreement'),
+                               ('images', 'check images')), rows),
           'source': f"export/export.json: the checkpoint of epoch {source.get('epoch')} "
                     f"(--checkpoint={source.get('checkpoint')}, {source.get('weights')} "
                     'weights)',
@@ -201,3 +266,13 @@ def export_section(export) -> Optional[dict]:
 def write(workdir) -> Path:
   """Writes WORKDIR/report.html; returns its path."""
   return html.write_page(Path(workdir) / PAGE, 'run.html.j2', **collect(workdir))
+
+
+def write_after(workdir, what: str):
+  """`write`, at the end of `what` (training, an evaluation, an export): a failure is a warning,
+  since the work it reports on is done and saved."""
+  try:
+    write(workdir)
+  except Exception as e:  # the page is a view of saved files: it must not fail the work
+    logging.warning('%s is done, but %s was not written: %s: %s (python -m tlflax.report %s '
+                    'tries again)', what, Path(workdir) / PAGE, type(e).__name__, e, workdir)

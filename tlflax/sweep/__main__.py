@@ -55,7 +55,7 @@ def main(argv):
       start = time.perf_counter()
       runner.run(FLAGS.config, overrides, FLAGS.workdir, FLAGS.trial, FLAGS.share)
       print(f'sweep command done in {time.perf_counter() - start:.0f} s; '
-            f'see {FLAGS.workdir}/results.md')
+            f'see {FLAGS.workdir}/report.html (and results.md)')
 
 
 if __name__ == '__main__':

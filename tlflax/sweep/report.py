@@ -110,19 +110,20 @@ def write(workdir: Path, rows: list[dict], total: int, sweep_seconds=None):
 
 def page(workdir: Path, rows: list[dict], groups: list[dict], notes: list[str]) -> dict:
   """What the sweep's report.html shows (`trials_page.context`): the tables and figures."""
-  metrics = list(METRICS)
+  metrics = [(key, key.replace('_', ' ')) for key, _ in METRICS]  # short headers
   trials = html.table(
       (('trial', 'trial'), ('name', 'name'), ('setting', 'setting'), ('seed', 'seed'),
        *metrics),
       [{**row, 'name': html.cell(row['name'], trials_page.trial_link(workdir, row['name']),
                                  row['name'])} for row in rows])
   means = html.table((('setting', 'setting'), ('trials', 'trials'),
-                      *((key, f'{what} (mean ± std)') for key, what in metrics)),
+                      *((key, f'{label} (mean ± std)') for key, label in metrics)),
                      [{**group, **{key: _mean_cell(group, key) for key, _ in metrics}}
                       for group in groups])
   return trials_page.context(
       workdir, f'Sweep: {workdir.resolve().name}',
-      notes,
+      [*notes, 'Columns: ' + '; '.join(f'{key.replace("_", " ")}: {what}'
+                                        for key, what in METRICS) + '.'],
       [('Trials', trials), ('Mean and standard deviation over seeds', means)],
       [('results.png', 'test accuracy of each setting: mean and standard deviation over seeds'),
        ('curves.png', "every trial's validation accuracy per epoch")],

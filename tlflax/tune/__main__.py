@@ -86,7 +86,7 @@ def main(argv):
     summary = (f"best: trial {best['trial']}, {space.objective.describe()} {best['value']:.4g}; "
                f'{workdir}/best_config.py trains it again' if best else 'no trial complete yet')
     print(f'tuner done in {time.perf_counter() - start:.0f} s; {summary}; see '
-          f'{workdir}/results.md', flush=True)
+          f'{workdir}/report.html (and results.md)', flush=True)
 
 
 if __name__ == '__main__':

@@ -119,7 +119,7 @@ def write(study, workdir: Path, space, source: ConfigSource) -> dict:
 
 def page(name: str, workdir: Path, table: list[dict], keys: list, objective, best) -> dict:
   """What the study's report.html shows (`trials_page.context`)."""
-  metrics = [(m, what) for m, what in sweep_report.METRICS
+  metrics = [(m, m.replace('_', ' ')) for m, _ in sweep_report.METRICS
              if m in ('test_accuracy', 'test_loss', 'seconds')]
   columns = (('trial', 'trial'), ('folder', 'folder'), ('state', 'state'),
              ('value', 'objective'), ('last_reported', 'last epoch'), ('epochs', 'epochs'),
