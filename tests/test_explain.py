@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import tiny_backbone
-from tlflax import explain
-from tlflax.classifier import Classifier
+from tlflax import backbones, explain
+from tlflax.classifier import Classifier, backbone_layers
 from tlflax.objectives import Objective
 
 EGYPTIAN_CAT = 285
@@ -147,3 +147,15 @@ def test_grad_cam_of_the_real_mobilenet_v2_finds_the_cat(shared_dir, tflite_path
   cat = np.zeros(heat.shape, bool)
   cat[int(35 * scale[0]):, int(50 * scale[1]):int(365 * scale[1])] = True
   assert heat[cat].mean() > 2 * heat[~cat].mean()
+
+
+@pytest.mark.parametrize('name', backbones.names())
+def test_every_backbone_s_grad_cam_layer_is_its_last_spatial_feature_map(name):
+  """The pooling layer Grad-CAM stops at is the global pooling of the features (not a
+  squeeze-excite block's, which keeps its dimensions), and nothing spatial comes after it."""
+  model = Classifier(backbone=name)
+  layers = backbone_layers(model)
+  index = explain.pooling_index(model)
+  assert layers[index].kind in explain.GLOBAL_POOLING and not layers[index].keepdims
+  spatial = ('conv', 'depthwise', 'max_pool', 'avg_pool', *explain.GLOBAL_POOLING)
+  assert not [layer.name for layer in layers[index + 1:] if layer.kind in spatial]

@@ -110,7 +110,8 @@ def write(workdir: Path, rows: list[dict], total: int, sweep_seconds=None):
 
 def page(workdir: Path, rows: list[dict], groups: list[dict], notes: list[str]) -> dict:
   """What the sweep's report.html shows (`trials_page.context`): the tables and figures."""
-  metrics = [(key, key.replace('_', ' ')) for key, _ in METRICS]  # short headers
+  metrics = [(key, key.replace('_', ' ')) for key, _ in METRICS  # short headers; none empty
+             if any(row[key] is not None for row in rows)]
   trials = html.table(
       (('trial', 'trial'), ('name', 'name'), ('setting', 'setting'), ('seed', 'seed'),
        *metrics),
@@ -122,8 +123,8 @@ def page(workdir: Path, rows: list[dict], groups: list[dict], notes: list[str]) 
                       for group in groups])
   return trials_page.context(
       workdir, f'Sweep: {workdir.resolve().name}',
-      [*notes, 'Columns: ' + '; '.join(f'{key.replace("_", " ")}: {what}'
-                                        for key, what in METRICS) + '.'],
+      [*notes, 'Columns: ' + '; '.join(f'{label}: {dict(METRICS)[key]}'
+                                        for key, label in metrics) + '.'],
       [('Trials', trials), ('Mean and standard deviation over seeds', means)],
       [('results.png', 'test accuracy of each setting: mean and standard deviation over seeds'),
        ('curves.png', "every trial's validation accuracy per epoch")],

@@ -134,8 +134,9 @@ def page(name: str, workdir: Path, table: list[dict], keys: list, objective, bes
            'objective: the trial\'s score (pruned trials have none); last epoch: the validation '
            f'{objective.metric} its last epoch reported to the pruner.']
   if best is not None:
-    notes.append(f"Best: trial {best['trial']} ({best['folder']}), {html.number(best['value'])}"
-                 '; best_config.py trains it again.')
+    notes.append(f"Best: trial {best['trial']} ({best['folder']}), {html.number(best['value'])}, "
+                 'with ' + ', '.join(f"{k}={best['params'][k]!r}" for k in keys)
+                 + '; best_config.py trains it again.')
   best_row = {i: 'best' for i, row in enumerate(table) if best is not None and row is best}
   return trials_page.context(
       workdir, f'Study: {name}', notes, [('Trials', html.table(columns, rows, best_row))],
