@@ -91,7 +91,8 @@ def test_grad_cam_peaks_in_the_quadrant_that_decides_the_class(quadrant_classifi
 
 def test_grad_cam_of_the_other_class_sees_no_evidence_in_the_square(quadrant_classifier):
   """Class 0's score is -z: the red square counts against it, so its map (through the ReLU) is
-  dark there where class 1's is bright. A wrong sign, or no ReLU, would light it up."""
+  dark there where class 1's is bright (a wrong sign would light it up; without the ReLU it
+  would go negative)."""
   model, objective, variables = quadrant_classifier
   images, labels, red, _ = quadrant_images(np.random.default_rng(3), 64)
   positive = labels == 1
@@ -101,6 +102,7 @@ def test_grad_cam_of_the_other_class_sees_no_evidence_in_the_square(quadrant_cla
                                         np.zeros(positive.sum(), int))
   assert np.median(mean_inside(ones, red[positive])) > 0.5
   assert np.median(mean_inside(zeros, red[positive])) < 0.1
+  assert zeros.min() >= 0 and ones.min() >= 0  # no negative evidence: the ReLU
 
 
 def test_grad_cam_follows_the_evidence_to_another_quadrant(quadrant_classifier):

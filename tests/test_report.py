@@ -20,7 +20,7 @@ from runs import ROOT, TINY, make_synthetic_folder, run_main
 from tlflax import explain
 from tlflax.errors import DataError
 from tlflax.objectives import TOP_K
-from tlflax.report import html, run_page, trials_page
+from tlflax.report import html, recipe, run_page, trials_page
 
 # class folders named with HTML's special characters
 CLASSES = {'<b>cat & "co"': (200, 60, 60), "dog's <i>": (60, 60, 200)}
@@ -190,6 +190,15 @@ def test_evaluate_refreshes_the_page_and_keeps_overlays_in_step_with_the_json(
       evaluate_checkpoint(config, workdir, 'validation', checkpoint='1')
   assert named_overlays(workdir, 'validation') == before
   assert all((folder / name).is_file() for name in before)
+  shown = [image for image in Page(workdir / 'report.html').images if 'gradcam' in image]
+  with monkeypatch.context() as patch:  # interrupted after the JSON, before the page
+    def interrupted(workdir, what):
+      raise KeyboardInterrupt
+    patch.setattr(run_page, 'write_after', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+      evaluate_checkpoint(config, workdir, 'validation', checkpoint='1')
+  assert all((workdir / image).is_file() for image in shown)  # the old page's overlays
+  assert named_overlays(workdir, 'validation') <= {p.name for p in folder.iterdir()}  # the new
   (workdir / 'report.html').unlink()
   report = evaluate_checkpoint(config, workdir, 'validation', checkpoint='1')
   assert report['checkpoint_epoch'] == 1
@@ -292,7 +301,8 @@ def test_numbers_keep_small_values_visible():
   assert html.sort_key(float('inf')) == 'Infinity' and html.sort_key(0.1) == '0.1'
 
 
-def test_the_config_differences_are_the_run_s_own_settings(html_names_run, tmp_path):
+def test_the_config_differences_are_the_run_s_own_settings(html_names_run, tmp_path,
+                                                            monkeypatch):
   """Against tlflax's defaults (the run's command named no config file): exactly the keys the
   tiny run set, none from resolving the defaults; against a recipe file named by the command:
   its values as the reference."""
@@ -301,12 +311,15 @@ def test_the_config_differences_are_the_run_s_own_settings(html_names_run, tmp_p
   expected = {'model.backbone_args.alpha', 'data.folder', 'model.weights',
               *(key for key in TINY if key != 'model.backbone_args')}
   assert {r['key'].text for r in rows} == expected
+  assert not (workdir / 'recipe.json').exists()  # pytest's command names no config file
+  assert "differs from tlflax's defaults" in Page(workdir / 'report.html').all_text
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('checkpoints', 'phases',
                                                                'tensorboard'))
-  (copy / 'environment.json').write_text(json.dumps([{
-      'command': ['main.py', '--config=configs/cats_dogs.py:local', '--workdir=x'],
-      'cwd': str(ROOT)}]))
+  assert recipe.config_spec(['main.py', '--config', 'a.py:v']) == 'a.py:v'
+  monkeypatch.chdir(ROOT)  # where the command ran: the file is read then, not by the page
+  recipe.record(copy, ['main.py', '--config=configs/cats_dogs.py:local', '--workdir=x'])
+  monkeypatch.chdir(tmp_path)
   page = Page(run_page.write(copy))
   assert 'differs from the recipe configs/cats_dogs.py:local' in page.all_text
   rows = {r['key'].text: r for r in page.tables['config-differences']}
@@ -345,6 +358,7 @@ def test_a_workdir_written_otherwise_gets_a_page_with_the_rest(html_names_run, t
                                                                'tensorboard'))
   history = read_json(copy / 'history.json')
   history['initial'] = {'val_accuracy': 0.5}
+  history['epochs'][0]['loss'] = {'not': 'a number'}  # shown as it is
   history['phases'] = ['feature_extraction']
   (copy / 'history.json').write_text(json.dumps(history))
   test = read_json(copy / 'evaluation' / 'test.json')

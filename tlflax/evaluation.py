@@ -104,8 +104,9 @@ def write_report(report: dict, feed, split: str, out_dir: Path, variables: dict)
   """`<split>.json`, `<split>_confusion.png`, `<split>_mistakes.png` and, in
   `<split>_gradcam/`, each mistake beside its Grad-CAM map for the predicted class
   (`tlflax.explain`; the file is named in the mistake's 'gradcam'), in `out_dir`. The overlays
-  are named by their content and written before the JSON, and those it no longer names are
-  removed after it: an interrupted evaluation leaves the JSON and its overlays in step."""
+  are named by their content and written before the JSON; those no JSON names any more go when
+  the run's page is next written (`run_page.write`), so that neither an interrupted evaluation
+  nor the page it has not rewritten yet names an overlay that is gone."""
   source = feed.splits[split]
   out_dir.mkdir(parents=True, exist_ok=True)
   mistakes = report['most_confident_mistakes']
@@ -115,10 +116,6 @@ def write_report(report: dict, feed, split: str, out_dir: Path, variables: dict)
   _write_grad_cams(mistakes, [images[m['index']] for m in mistakes], report['class_names'],
                    feed, variables, folder)
   write_json(out_dir / f'{split}.json', report)
-  named = {Path(m['gradcam']).name for m in mistakes}
-  for path in folder.glob('*') if folder.is_dir() else ():
-    if path.name not in named:
-      path.unlink()
   plots.confusion_matrix(np.asarray(report['confusion_matrix']), source.class_names,
                          f'{split}: confusion matrix ({report["count"]} examples)',
                          out_dir / f'{split}_confusion.png')

@@ -63,10 +63,10 @@ def make_grad_cam(model: Classifier, objective: Objective):
   def maps_of(variables, inputs, classes=None):
     boundary = model.apply(variables, inputs, stop, method=Classifier.frozen_activations)
     (name, features), = boundary.items()  # the pooling layer's one input
-    features = features.astype(jnp.float32)
+    dtype, features = features.dtype, features.astype(jnp.float32)  # the gradient in float32
 
-    def head(features):
-      return model.apply(variables, {name: features}, start=stop)
+    def head(features):  # as the model computes it (bfloat16 for mixed precision)
+      return model.apply(variables, {name: features.astype(dtype)}, start=stop)
 
     logits = head(features)
     if classes is None:

@@ -107,7 +107,11 @@ class RowsFile:
     except FileExistsError as e:
       raise DataError(f'{path} exists: it is never replaced') from e
     self.writer = csv.writer(self.file)
-    self.writer.writerow(header)
+    try:
+      self.writer.writerow(header)
+    except BaseException:
+      self.__exit__(None, None, None)
+      raise
 
   def write(self, rows: list):
     self.writer.writerows(rows)

@@ -47,7 +47,7 @@ from tlflax.classifier import Classifier, abstract_variables, backbone_layers
 from tlflax.data.image_cache import ImageCache
 from tlflax.errors import ConfigError, DataError, TrainingDiverged
 from tlflax.objectives import Objective
-from tlflax.report import run_page
+from tlflax.report import recipe, run_page
 from tlflax.phases import Phase, phase_plan, stops_early
 from tlflax.resume import Position
 from tlflax.run_parts import (Trained, check_config, data_differences, image_feed,
@@ -223,6 +223,7 @@ def _train_and_evaluate(run: 'Run', first_phase_from, after_epoch) -> 'TrainResu
     position = resume.restore_or_initialize(run, first_phase_from)
   if run.primary:  # a start that the workdir's run accepted
     tracking.record_environment(run.workdir)
+    recipe.record(run.workdir)
   if 'initial' not in position.history:  # the tutorial's loss0 / accuracy0
     with interrupts.during('the evaluation before training'):
       initial = _checked(evaluate(run.image_feed.eval_step, position.variables,

@@ -1,10 +1,11 @@
 """Rendering the report templates: a Jinja2 environment that escapes every value, its number
 formats, and pages written atomically."""
+import dataclasses
 import functools
 import math
 import urllib.parse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import jinja2
 
@@ -61,18 +62,26 @@ def write_page(path: Path, template: str, **context) -> Path:
   return Path(path)
 
 
-def cell(value, href: Optional[str] = None, text: Optional[str] = None) -> dict:
-  """A table cell: its text (`number(value)` unless given), the value it sorts by, a link."""
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """A table cell: its text, the value it sorts by, a link, and whether it is a number."""
+  text: str
+  value: Any
+  href: Optional[str] = None
+  numeric: bool = False
+
+
+def cell(value, href: Optional[str] = None, text: Optional[str] = None) -> Cell:
+  """The `Cell` of `value`: its text `number(value)` unless given."""
   numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-  return {'text': number(value) if text is None else text, 'value': value, 'href': href,
-          'numeric': numeric}
+  return Cell(number(value) if text is None else text, value, href, numeric)
 
 
 def table(columns, rows: list[dict], classes: Optional[dict] = None) -> dict:
   """What the `table` macro takes: `columns` ((key, label), ...) and `rows` ({key: a value or a
-  `cell`}; a missing key is an empty cell), `classes` {row index: CSS class}."""
+  `Cell`}; a missing key is an empty cell), `classes` {row index: CSS class}."""
   return {'columns': [{'key': k, 'label': label} for k, label in columns],
-          'rows': [{'cells': {k: v if isinstance(v, dict) else cell(v)
+          'rows': [{'cells': {k: v if isinstance(v, Cell) else cell(v)
                               for k, v in ((k, row.get(k)) for k, _ in columns)},
                     'class': (classes or {}).get(i, '')} for i, row in enumerate(rows)]}
 

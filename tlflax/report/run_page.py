@@ -1,7 +1,8 @@
 """WORKDIR/report.html: a run on one page, from the files it left in its workdir.
 
 The page shows the config and how it differs from its recipe (the config file and variant its
-command named, else `config.defaults()`, the tutorial), the environment of each start
+command named, kept in recipe.json when the run started, `tlflax.report.recipe`; else
+`config.defaults()`, the tutorial), the environment of each start
 (environment.json), the learning curves and every epoch's numbers so far (history.json, written
 after each epoch), per split
 (evaluation/<split>.json) the numbers, per-class precision, recall and F1, the confusion matrix
@@ -15,7 +16,6 @@ section left out.
 """
 import datetime
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,7 +25,7 @@ from absl import logging
 from tlflax import config as config_lib
 from tlflax import workdir as workdir_lib
 from tlflax.objectives import TOP_K
-from tlflax.report import html
+from tlflax.report import html, recipe
 
 PAGE = 'report.html'
 SPLITS = ('test', 'validation', 'train')  # shown in this order, where evaluated
@@ -95,7 +95,7 @@ def collect(workdir) -> dict:
       'workdir': str(workdir.resolve()),
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'missing': missing(workdir, history, evaluations),
-      'config': config and files.section('config.json', config_section, config, starts),
+      'config': config and files.section('config.json', config_section, config, files),
       'environment': starts and files.section('environment.json', environment_section, starts),
       'training': history and files.section('history.json', training_section, history, files),
       'splits': [section for section in splits if section],
@@ -125,30 +125,23 @@ def missing(workdir: Path, history, evaluations) -> list[str]:
   return lines
 
 
-def recipe(starts: list) -> tuple[str, dict]:
-  """(what it is, the config as JSON) that a run's config is compared with: the config file and
-  variant of the run's first start's `--config` flag, read from the folder it started in, else
-  tlflax's defaults (the tutorial's recipe). Both resolved as config.json is."""
-  from tlflax import resume, user_files
-  first = starts[0] if starts and isinstance(starts[0], dict) else {}
-  spec = next((argument.split('=', 1)[1] for argument in first.get('command') or []
-               if isinstance(argument, str) and argument.startswith('--config=')), None)
-  if spec and first.get('cwd'):
-    path, _, variant = spec.partition(':')
-    try:
-      _, config, _ = user_files.call(os.path.join(first['cwd'], path)
-                                     + (f':{variant}' if variant else ''),
-                                     'config file', 'get_config')
-      return f'the recipe {spec} (the run\'s --config)', resume.config_as_json(config)
-    except Exception as e:  # the file moved or changed: compare with the defaults
-      logging.info('Comparing with the defaults: %s could not be read (%s)', spec, e)
-  return ('tlflax\'s defaults (the tutorial\'s recipe, tlflax.config.defaults())',
-          resume.config_as_json(config_lib.defaults()))
+def reference(files: _Files) -> tuple[str, dict]:
+  """(what it is, the config as JSON) that a run's config is compared with: its recipe
+  (`recipe.json`, `tlflax.report.recipe`), else tlflax's defaults (the tutorial's recipe),
+  resolved as config.json is."""
+  from tlflax import resume
+  kept = files.json(recipe.FILE)
+  if kept is not None and isinstance(kept.get('config'), dict):
+    return (f"the recipe {kept.get('file')} (the run's --config, as it was when the run "
+            'started; --config.* flags and the settings of a sweep\'s or a study\'s trial show '
+            'as differences)', kept['config'])
+  return ('tlflax\'s defaults (the tutorial\'s recipe, tlflax.config.defaults(); the run '
+          'recorded no recipe file)', resume.config_as_json(config_lib.defaults()))
 
 
-def config_section(config: dict, starts: list) -> dict:
-  what, reference = recipe(starts)
-  changed = config_lib.differences(reference, config)
+def config_section(config: dict, files: _Files) -> dict:
+  what, recipe_config = reference(files)
+  changed = config_lib.differences(recipe_config, config_lib.upgrade_stored(config))
   return {'reference': what,
           'differences': html.table(
               (('key', 'key'), ('default', 'recipe'), ('run', 'this run')),
@@ -264,8 +257,26 @@ def export_section(export: dict) -> dict:
 
 
 def write(workdir) -> Path:
-  """Writes WORKDIR/report.html; returns its path."""
-  return html.write_page(Path(workdir) / PAGE, 'run.html.j2', **collect(workdir))
+  """Writes WORKDIR/report.html, then removes the mistakes' overlays that neither it nor the
+  evaluation JSON files name (an earlier evaluation's); returns its path."""
+  page = html.write_page(Path(workdir) / PAGE, 'run.html.j2', **collect(workdir))
+  remove_stale_overlays(Path(workdir) / 'evaluation')
+  return page
+
+
+def remove_stale_overlays(folder: Path):
+  """In each `<split>_gradcam/` of `folder`, the files its readable `<split>.json` does not name
+  (where it cannot be read, nothing is removed)."""
+  for overlays in folder.glob('*_gradcam'):
+    try:
+      report = json.loads((folder / f"{overlays.name[:-len('_gradcam')]}.json").read_text())
+      named = {Path(m['gradcam']).name for m in report['most_confident_mistakes']
+               if m.get('gradcam')}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+      continue
+    for path in overlays.iterdir():
+      if path.name not in named:
+        path.unlink()
 
 
 def write_after(workdir, what: str):

@@ -123,8 +123,8 @@ def page(workdir: Path, rows: list[dict], groups: list[dict], notes: list[str]) 
                       for group in groups])
   return trials_page.context(
       workdir, f'Sweep: {workdir.resolve().name}',
-      [*notes, 'Columns: ' + '; '.join(f'{label}: {dict(METRICS)[key]}'
-                                        for key, label in metrics) + '.'],
+      [*notes, *(['Columns: ' + '; '.join(f'{label}: {dict(METRICS)[key]}'
+                                            for key, label in metrics) + '.'] if rows else [])],
       [('Trials', trials), ('Mean and standard deviation over seeds', means)],
       [('results.png', 'test accuracy of each setting: mean and standard deviation over seeds'),
        ('curves.png', "every trial's validation accuracy per epoch")],
