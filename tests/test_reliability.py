@@ -384,7 +384,7 @@ def test_a_signalled_run_says_in_one_line_where_it_stopped_and_resumes(longer_ep
   last = output.strip().splitlines()[-1]  # the run's result and where its files are
   accuracy = strict_json(workdir / 'test_metrics.json')['accuracy']
   assert last.startswith(f'finished: test accuracy {accuracy:.4f} on 200 images; in {workdir}: '
-                         'history.json, test_metrics.json, evaluation/'), last
+                         'report.html, history.json, test_metrics.json, evaluation/'), last
 
 
 def signalled_while_saving_epoch_2(config, workdir: Path, monkeypatch, real_signal_first: bool):
