@@ -280,7 +280,10 @@ def test_two_processes_with_data_on_the_devices_train_like_one(tiny_run, tmp_pat
   first, second = run_two_processes(config, tmp_path / 'two')
   for name, expected in zip(first.files, jax.tree.leaves(alone)):
     np.testing.assert_array_equal(first[name], second[name])
-    np.testing.assert_allclose(first[name], expected, atol=1e-5, rtol=0, err_msg=name)
+    # sums over a batch split between two processes add in another order: on an AVX2 CPU (AMD
+    # EPYC) one parameter of 3024 was 1.3e-5 off after 9 steps at SGD rate 0.1; other batches
+    # or augmentations would move them by far more than 1e-4 (the head moved by > 1e-3)
+    np.testing.assert_allclose(first[name], expected, atol=1e-4, rtol=0, err_msg=name)
 
 
 def test_the_activation_cache_is_filled_in_place(tiny_run):
