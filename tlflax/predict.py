@@ -75,7 +75,7 @@ def output_path(workdir, output: Optional[str], source: str) -> Path:
 
 
 def image_batches(paths: list[Path], batch_size: int, size: int, max_pixels: int,
-                   rounded: bool):
+                  rounded: bool):
   """(paths, images) batches of the paths that decode (`decoders.decoded_batches`: float32, or
   uint8 if `rounded`); warns about each path that does not."""
   small = [path for path in paths if not too_large(path, max_pixels)]
@@ -197,7 +197,7 @@ def predict(config, workdir, inputs: str, checkpoint: str = 'latest',
   paths = list_images(inputs)
   # rounded to uint8 as the data kept in memory for training and evaluation is
   batches = image_batches(paths, config.batch_size, config.image_size, config.data.max_pixels,
-                           rounded=True)
+                          rounded=True)
   yield from _classified(
       batches, len(paths), probabilities, trained.class_names, config.batch_size,
       output_path(workdir, output, source_name(None, checkpoint)))
